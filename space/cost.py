@@ -1,0 +1,91 @@
+"""Cost model: parameters and multiply-accumulates of a configuration, without real weights.
+
+The network is built on the meta device (no memory, no initialisation cost), converted to its
+deploy form, and pushed through one meta forward pass at batch 1 while hooks on convolutions and
+linear layers add up MACs. FLOPs in effnas are always MACs (multiply-accumulates), as the papers
+count them; BN, activations, pooling and index layers are not counted (they are not in the papers'
+figures either, and ``torch.utils.flop_counter`` does not count them).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from space.convert import to_deploy
+from space.registry import get_family
+
+__all__ = ["Cost", "count_params", "count_macs", "measure", "measure_module"]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Deploy-form and training-form parameter and MAC counts of one architecture."""
+
+    params: int
+    macs: int
+    train_params: int
+    train_macs: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _conv_macs(module: nn.Conv2d, output: torch.Tensor) -> int:
+    per_output = (module.in_channels // module.groups) * module.kernel_size[0] * module.kernel_size[1]
+    return output[0].numel() * per_output
+
+
+def _linear_macs(module: nn.Linear, output: torch.Tensor) -> int:
+    return (output.numel() // output.shape[0]) * module.in_features
+
+
+def count_macs(model: nn.Module, image_size: int | tuple[int, int], in_channels: int = 3) -> int:
+    """MACs of one forward pass of ``model`` at batch 1 (model may live on the meta device)."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    total = 0
+
+    def hook(module, _inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += _conv_macs(module, output)
+        else:
+            total += _linear_macs(module, output)
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, h, w, device=device))
+        model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def measure_module(model: nn.Module, image_size: int, in_channels: int = 3) -> Cost:
+    """Cost of an already built training-form network (converted here for the deploy counts)."""
+    deployed = to_deploy(model)
+    return Cost(
+        params=count_params(deployed),
+        macs=count_macs(deployed, image_size, in_channels),
+        train_params=count_params(model),
+        train_macs=count_macs(model, image_size, in_channels),
+    )
+
+
+def measure(family: str, knobs: Any, num_classes: int, image_size: int, in_channels: int = 3) -> Cost:
+    """Cost of a configuration, built on the meta device so no weights are allocated."""
+    fam = get_family(family)
+    with torch.device("meta"):
+        model = fam.build(knobs, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+    return measure_module(model, image_size, in_channels)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EFFNAS_SHARED", REPO.parent / "shared"))
+CIFAR10_DIR = SHARED / "data" / "cifar10"
+
+# Tests run on 2 cores next to each other: one thread per process keeps them from thrashing.
+torch.set_num_threads(1)
+
+
+def require_shared_cifar10() -> Path:
+    """Path of the real CIFAR-10 arrays, or skip (mandatory in CI: EFFNAS_REQUIRE_SHARED=1)."""
+    if (CIFAR10_DIR / "train.npz").exists():
+        return CIFAR10_DIR
+    reason = f"real CIFAR-10 not found at {CIFAR10_DIR} (set EFFNAS_SHARED to the folder holding data/cifar10)"
+    if os.environ.get("EFFNAS_REQUIRE_SHARED") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def cifar10_dir() -> Path:
+    return require_shared_cifar10()
