@@ -1,0 +1,15 @@
+"""The orchestrator: study files, the sweep driver on Ray, the Optuna record, status and export.
+
+``python -m search run studies/quickstart.yaml`` runs a study; see ``search.cli`` for the commands.
+``search.load_model(path)`` rebuilds an exported front member's deploy-form network.
+"""
+from __future__ import annotations
+
+__all__ = ["load_model"]
+
+
+def load_model(json_path):
+    """Rebuild an exported front member (``models/trial_<n>.json``) as an eval-mode nn.Module."""
+    from search.export import load_model as _load
+
+    return _load(json_path)

@@ -1,0 +1,208 @@
+"""Command line: ``python -m search {run,status,export,validate,arch} ...``.
+
+One small function per command and a table of commands, as in Optuna's CLI. User errors (bad study
+file, unknown preset, unreachable database, ...) print one message and exit with status 1; the
+traceback appears only with ``--debug``. Heavy imports (torch, ray) happen inside the commands so
+``--help`` and study-file checks stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from search.errors import EffnasError
+
+__all__ = ["main"]
+
+
+class UsageError(EffnasError):
+    pass
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:g}"
+
+
+def _parse_set(items: list[str]) -> dict:
+    """``--set knob=value``: values are read as YAML scalars/lists (``growth=[8,16,32]``)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected knob=value, for example --set groups=4")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UsageError(f"--set {item!r}: cannot read the value {raw!r}") from None
+    return out
+
+
+def _study_and_storage(args) -> tuple[str | None, str]:
+    """A study is named by its YAML file, or by ``--storage URL [--study NAME]``."""
+    from search.config import load_study
+
+    if args.storage:
+        return args.study_name, args.storage
+    if not args.study:
+        raise UsageError("give a study file (STUDY.yaml) or --storage URL")
+    cfg = load_study(args.study)
+    return cfg.study, cfg.storage_url
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+def cmd_arch(args) -> int:
+    import dataclasses
+
+    from space.cost import measure
+    from space.registry import get_family, get_preset, list_families, list_presets
+
+    name = args.name
+    if name in list_presets():
+        preset = get_preset(name)
+        family, knobs = get_family(preset.family), preset.knobs
+        classes, size = preset.num_classes, preset.image_size
+    elif name in list_families():
+        family, knobs, classes, size = get_family(name), get_family(name).default_knobs(), 10, 32
+    else:
+        raise UsageError(f"unknown architecture {name!r}; presets: {', '.join(list_presets())}; "
+                         f"families: {', '.join(list_families())}")
+    classes = args.classes or classes
+    size = args.image_size or size
+    if args.set:
+        try:
+            knobs = family.knobs_from_dict({**dataclasses.asdict(knobs), **_parse_set(args.set)})
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"--set: {e}") from None
+    cost = measure(family.name, knobs, num_classes=classes, image_size=size)
+    info = {"name": name, "family": family.name, "num_classes": classes, "image_size": size,
+            **cost.as_dict(), "knobs": json.loads(json.dumps(dataclasses.asdict(knobs)))}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{name} ({family.name}), {classes} classes, {size}x{size} input")
+    for key, value in info["knobs"].items():
+        print(f"  {key:24s} {value}")
+    print(f"deploy form:   params {cost.params:>12,} ({_human(cost.params)})   "
+          f"MACs {cost.macs:>14,} ({_human(cost.macs)})")
+    print(f"training form: params {cost.train_params:>12,} ({_human(cost.train_params)})   "
+          f"MACs {cost.train_macs:>14,} ({_human(cost.train_macs)})")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from search.config import load_study
+    from search.validate import describe_study
+
+    cfg = load_study(args.study)
+    print(describe_study(cfg, samples=args.samples))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from search.config import load_study
+    from search.runner import Sweep
+
+    cfg = load_study(args.study)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UsageError(f"--n-trials must be >= 1, got {args.n_trials}")
+    summary = Sweep(cfg, n_more=args.n_trials).run()
+    print(f"done: {summary.trained} trained, {summary.stopped} stopped early, {summary.failed} failed, "
+          f"{summary.infeasible} infeasible, {summary.duplicate} duplicates in {summary.wall_seconds:.1f}s; "
+          f"driver overhead {summary.overhead_ms_per_trial:.1f} ms per proposal")
+    from search.status import print_status
+    from search.study import load_existing_study
+
+    print_status(load_existing_study(cfg.storage_url, cfg.study))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from search.status import print_status, status_dict
+    from search.study import load_existing_study
+
+    name, url = _study_and_storage(args)
+    study = load_existing_study(url, name)
+    if args.json:
+        print(json.dumps(status_dict(study), indent=2))
+    else:
+        print_status(study)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from search.export import export_study
+    from search.study import load_existing_study
+
+    name, url = _study_and_storage(args)
+    study = load_existing_study(url, name)
+    out = Path(args.out) if args.out else Path("runs") / study.study_name / "export"
+    export_study(study, out, models=args.models)
+    return 0
+
+
+COMMANDS: dict[str, Callable] = {
+    "run": cmd_run, "status": cmd_status, "export": cmd_export, "validate": cmd_validate, "arch": cmd_arch,
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m search", description="effnas: NAS sweeps over efficient CNN families")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    r = sub.add_parser("run", help="run or resume a study")
+    r.add_argument("study", help="study YAML file")
+    r.add_argument("--n-trials", type=int, help="train this many more architectures (default: up to budget.n_trials)")
+    for name, helptext in (("status", "counts, front, time spent"), ("export", "write the Pareto front")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("study", nargs="?", help="study YAML file")
+        s.add_argument("--storage", help="SQLAlchemy URL instead of a study file")
+        s.add_argument("--study-name", help="study name inside --storage (if it holds several)")
+        if name == "status":
+            s.add_argument("--json", action="store_true")
+        else:
+            s.add_argument("--out", help="output folder (default runs/<study>/export)")
+            s.add_argument("--models", action="store_true", help="also write deploy weights (+ONNX) of each member")
+    v = sub.add_parser("validate", help="check a study file and show what it searches")
+    v.add_argument("study")
+    v.add_argument("--samples", type=int, default=300, help="random samples used to find the cheapest/largest")
+    a = sub.add_parser("arch", help="configuration, params and MACs of a preset or family")
+    a.add_argument("name", help="preset (condensenetv2-110, ...) or family (rsnet, ...)")
+    a.add_argument("--classes", type=int)
+    a.add_argument("--image-size", type=int)
+    a.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
+    a.add_argument("--json", action="store_true")
+    for sp in sub.choices.values():
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on misuse; effnas promises status 1
+        return 0 if e.code in (0, None) else 1
+    if not args.command:
+        parser.print_help()
+        return 1
+    try:
+        return COMMANDS[args.command](args)
+    except EffnasError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

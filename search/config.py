@@ -1,0 +1,337 @@
+"""Study files: the YAML schema, parsed once into typed, validated config objects.
+
+Every section is a frozen dataclass; :func:`load_study` reads the YAML safely, rejects unknown keys,
+wrong types and impossible values with one :class:`StudyFileError` naming the file and the key path,
+and checks the knob overrides against each family's search space. Nothing downstream reads raw dicts,
+and nothing is created or written while loading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from search.errors import StudyFileError
+
+__all__ = [
+    "StudyConfig", "DataSection", "FamilySection", "ConstraintsSection", "SamplerSection",
+    "BudgetSection", "FidelitySection", "AshaSection", "TrainSection", "ResourcesSection",
+    "RaySection", "RetrySection", "load_study", "parse_study", "OBJECTIVES", "SAMPLERS", "DATASETS",
+]
+
+OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency": "minimize"}
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp", "bruteforce")
+DATASETS = ("cifar10", "cifar100", "npz", "digits", "mnist", "fashion_mnist")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = "cifar10"          # one of DATASETS
+    root: Optional[str] = None        # folder holding the files (relative paths: to the study file)
+    train_size: Optional[int] = None  # training images per trial (fidelity); None = all that remain
+    val_size: int = 5000              # seeded validation split carved from the training set
+    test_size: Optional[int] = None   # test images for front members' final report; None = all
+    image_size: Optional[int] = None  # resize (fidelity); None = native resolution
+    download: bool = False            # let torchvision download CIFAR/MNIST when online
+
+
+@dataclass(frozen=True)
+class FamilySection:
+    knobs: dict = field(default_factory=dict)  # knob name (without family prefix) -> value/range/choices
+
+
+@dataclass(frozen=True)
+class ConstraintsSection:
+    max_macs: Optional[float] = None       # multiply-accumulates of the deploy form
+    max_params: Optional[float] = None     # parameters of the deploy form
+    max_latency_ms: Optional[float] = None  # measured batch-1 latency of the deploy form
+
+
+@dataclass(frozen=True)
+class SamplerSection:
+    name: str = "nsga2"
+    seed: Optional[int] = None
+    options: dict = field(default_factory=dict)  # passed to the Optuna sampler's constructor
+
+
+@dataclass(frozen=True)
+class BudgetSection:
+    n_trials: int = 20                    # architectures to train (infeasible/duplicate ones are free)
+    time_limit_s: Optional[float] = None  # stop launching trials after this many seconds
+    max_stalls: int = 500                 # consecutive samples that train nothing before giving up
+
+
+@dataclass(frozen=True)
+class AshaSection:
+    grace_period: int = 1       # epochs every trial gets before it can be stopped
+    reduction_factor: int = 3   # keep the top 1/reduction_factor at each rung
+
+
+@dataclass(frozen=True)
+class FidelitySection:
+    epochs: int = 10
+    asha: Optional[AshaSection] = None
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = True
+    augment: bool = True
+    amp: bool = True
+    condensed_training: bool = True
+    eval_test: bool = True           # test accuracy of every trained model (reported, never selected on)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0        # fractions share a GPU between trials
+    max_concurrent: Optional[int] = None  # None: as many as the resources allow
+
+
+@dataclass(frozen=True)
+class RetrySection:
+    max_retries: int = 1             # re-runs of a failed trial (worker died, exception, OOM)
+    retry_nonfinite: bool = False    # a diverged configuration usually diverges again
+
+
+@dataclass(frozen=True)
+class RaySection:
+    address: Optional[str] = None    # None: local instance; "auto" or "ray://host:port": a cluster
+    num_cpus: Optional[int] = None   # CPUs of the local instance (None: all)
+    num_gpus: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    study: str
+    families: dict                   # family name -> FamilySection
+    data: DataSection = field(default_factory=DataSection)
+    objectives: tuple = ("accuracy", "macs", "params")
+    constraints: ConstraintsSection = field(default_factory=ConstraintsSection)
+    sampler: SamplerSection = field(default_factory=SamplerSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
+    fidelity: FidelitySection = field(default_factory=FidelitySection)
+    train: TrainSection = field(default_factory=TrainSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    retry: RetrySection = field(default_factory=RetrySection)
+    ray: RaySection = field(default_factory=RaySection)
+    storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
+    run_dir: Optional[str] = None    # default runs/<study> next to the study file's working dir
+    path: str = "<memory>"           # the study file it came from (not a YAML key)
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.study
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.run_path / 'study.db').as_posix()}"
+
+    def fidelity_key(self) -> dict:
+        """What makes two results comparable: same data subset, resolution and epochs."""
+        d = self.data
+        return {"dataset": d.dataset, "train_size": d.train_size, "val_size": d.val_size,
+                "image_size": d.image_size, "epochs": self.fidelity.epochs,
+                "batch_size": self.train.batch_size, "lr": self.train.lr, "seed": self.train.seed}
+
+
+# --- generic typed parsing ----------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string",
+            dict: "a mapping", tuple: "a list"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, path, key)
+    if dataclasses.is_dataclass(tp):
+        return _parse_section(tp, value, path, key)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        dict: isinstance(value, dict),
+        tuple: isinstance(value, list),
+    }.get(tp, True)
+    if not ok:
+        raise StudyFileError(path, key, f"expected {_type_name(tp)}, got {value!r}")
+    if tp is float:
+        return float(value)
+    if tp is tuple:
+        return tuple(value)
+    return value
+
+
+def _parse_section(cls: type, raw: Any, path: str, key: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StudyFileError(path, key or "(top level)", f"expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "path"}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        where = f"{key}.{unknown[0]}" if key else str(unknown[0])
+        raise StudyFileError(path, where, f"unknown key; valid keys here: {', '.join(sorted(fields))}")
+    values = {}
+    for name, f in fields.items():
+        sub = f"{key}.{name}" if key else name
+        if name in raw:
+            values[name] = _coerce(raw[name], hints[name], path, sub)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise StudyFileError(path, sub, "required key is missing")
+    return cls(**values)
+
+
+# --- semantic checks ----------------------------------------------------------------------------
+
+def _positive(path: str, key: str, value, allow_none: bool = True, strict: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or (value <= 0 if strict else value < 0):
+        raise StudyFileError(path, key, f"must be {'> 0' if strict else '>= 0'}, got {value!r}")
+
+
+def _check_families(cfg: StudyConfig) -> dict:
+    from space.knobs import apply_overrides
+    from space.registry import get_family, list_families
+
+    path = cfg.path
+    if not isinstance(cfg.families, dict) or not cfg.families:
+        raise StudyFileError(path, "families", f"name at least one family out of {list_families()}")
+    parsed = {}
+    for name, section in cfg.families.items():
+        if name not in list_families():
+            raise StudyFileError(path, f"families.{name}", f"unknown family; valid families: {list_families()}")
+        sec = _parse_section(FamilySection, section, path, f"families.{name}")
+        family = get_family(name)
+        overrides = {f"{name}.{k}": v for k, v in sec.knobs.items()}
+        try:
+            apply_overrides(family.search_space(), overrides)
+        except ValueError as e:
+            raise StudyFileError(path, f"families.{name}.knobs", str(e).replace(f"{name}.", "")) from None
+        parsed[name] = sec
+    return parsed
+
+
+def _check_values(cfg: StudyConfig) -> None:
+    p = cfg.path
+    if not isinstance(cfg.study, str) or not _NAME_RE.match(cfg.study):
+        raise StudyFileError(p, "study", f"must be 1-64 letters, digits, '_', '.', '-' (a folder name), got {cfg.study!r}")
+    if cfg.data.dataset not in DATASETS:
+        raise StudyFileError(p, "data.dataset", f"unknown dataset {cfg.data.dataset!r}; valid: {', '.join(DATASETS)}")
+    if cfg.data.dataset == "npz" and not cfg.data.root:
+        raise StudyFileError(p, "data.root", "dataset 'npz' needs the folder holding train.npz and test.npz")
+    for key in ("train_size", "test_size", "image_size"):
+        _positive(p, f"data.{key}", getattr(cfg.data, key))
+    _positive(p, "data.val_size", cfg.data.val_size, allow_none=False)
+    if not cfg.objectives:
+        raise StudyFileError(p, "objectives", f"name at least one of {list(OBJECTIVES)}")
+    for i, obj in enumerate(cfg.objectives):
+        if obj not in OBJECTIVES:
+            raise StudyFileError(p, f"objectives[{i}]", f"unknown objective {obj!r}; valid: {list(OBJECTIVES)}")
+    if len(set(cfg.objectives)) != len(cfg.objectives):
+        raise StudyFileError(p, "objectives", f"lists an objective twice: {list(cfg.objectives)}")
+    if "accuracy" not in cfg.objectives:
+        raise StudyFileError(p, "objectives", "must include 'accuracy' (what training measures)")
+    for key in ("max_macs", "max_params", "max_latency_ms"):
+        _positive(p, f"constraints.{key}", getattr(cfg.constraints, key))
+    if cfg.sampler.name not in SAMPLERS:
+        raise StudyFileError(p, "sampler.name", f"unknown sampler {cfg.sampler.name!r}; valid: {', '.join(SAMPLERS)}")
+    _positive(p, "budget.n_trials", cfg.budget.n_trials, allow_none=False)
+    _positive(p, "budget.time_limit_s", cfg.budget.time_limit_s)
+    _positive(p, "budget.max_stalls", cfg.budget.max_stalls, allow_none=False)
+    _positive(p, "fidelity.epochs", cfg.fidelity.epochs, allow_none=False)
+    if cfg.fidelity.asha:
+        a = cfg.fidelity.asha
+        _positive(p, "fidelity.asha.grace_period", a.grace_period, allow_none=False)
+        if a.grace_period >= cfg.fidelity.epochs:
+            raise StudyFileError(p, "fidelity.asha.grace_period",
+                                 f"must be below fidelity.epochs ({cfg.fidelity.epochs}), got {a.grace_period}")
+        if a.reduction_factor < 2:
+            raise StudyFileError(p, "fidelity.asha.reduction_factor", f"must be >= 2, got {a.reduction_factor}")
+    for key in ("batch_size", "lr"):
+        _positive(p, f"train.{key}", getattr(cfg.train, key), allow_none=False)
+    _positive(p, "train.weight_decay", cfg.train.weight_decay, allow_none=False, strict=False)
+    if not 0 <= cfg.train.momentum < 1:
+        raise StudyFileError(p, "train.momentum", f"must lie in [0, 1), got {cfg.train.momentum}")
+    _positive(p, "resources.cpus_per_trial", cfg.resources.cpus_per_trial, allow_none=False)
+    _positive(p, "resources.gpus_per_trial", cfg.resources.gpus_per_trial, allow_none=False, strict=False)
+    if cfg.resources.gpus_per_trial > 1 and cfg.resources.gpus_per_trial != int(cfg.resources.gpus_per_trial):
+        raise StudyFileError(p, "resources.gpus_per_trial", f"above 1 must be a whole number, got {cfg.resources.gpus_per_trial}")
+    _positive(p, "resources.max_concurrent", cfg.resources.max_concurrent)
+    _positive(p, "retry.max_retries", cfg.retry.max_retries, allow_none=False, strict=False)
+    _positive(p, "ray.num_cpus", cfg.ray.num_cpus)
+    _positive(p, "ray.num_gpus", cfg.ray.num_gpus, strict=False)
+    addr = cfg.ray.address
+    if addr is not None and not (addr == "auto" or addr.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", addr)):
+        raise StudyFileError(p, "ray.address", f"expected null, 'auto', 'host:port' or 'ray://host:port', got {addr!r}")
+    if cfg.storage is not None and "://" not in cfg.storage:
+        raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
+                                            f"or postgresql://user@host/db, got {cfg.storage!r}")
+
+
+def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) -> StudyConfig:
+    """Validate a study mapping (already read from YAML) into a :class:`StudyConfig`."""
+    if not isinstance(raw, dict):
+        raise StudyFileError(path, "", f"the study file must be a YAML mapping, got {type(raw).__name__}")
+    cfg = _parse_section(StudyConfig, raw, path, "")
+    cfg = dataclasses.replace(cfg, path=path)
+    _check_values(cfg)
+    cfg = dataclasses.replace(cfg, families=_check_families(cfg))
+    if base_dir is not None and cfg.data.root and not Path(cfg.data.root).is_absolute():
+        # Relative data roots are relative to the study file, so a study runs from any directory.
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str((base_dir / cfg.data.root).resolve())))
+    return cfg
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file.
+
+    Raises:
+        StudyFileError: the file is missing, is not valid YAML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise StudyFileError(str(path), "", "no such file; pass the path of a study YAML file (see studies/)") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise StudyFileError(str(path), "", f"cannot read the study file: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise StudyFileError(str(path), "", f"{where}not valid YAML ({getattr(e, 'problem', e)})") from None
+    return parse_study(raw, str(path), base_dir=path.resolve().parent)

@@ -1,0 +1,430 @@
+"""`python -m search run`: the sweep driver.
+
+One loop keeps up to ``max_concurrent`` trials training on Ray actors. For every free slot it asks
+the Optuna study for a family and knobs (valid by construction), prices the architecture with the
+cost model, records over-budget and already-trained architectures at once without using a worker,
+and ships the rest to a worker. Results come back to the driver, which alone writes the database.
+
+Budget accounting: ``n_trials`` counts architectures that occupied a worker to an outcome
+(trained, stopped by ASHA, or failed with no retry left). Infeasible and duplicate proposals are
+free but counted as stalls; ``budget.max_stalls`` of them in a row end the sweep with a clear error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.asha import Asha
+from search.config import StudyConfig
+from search.errors import SearchSpaceExhausted, StudyLockedError
+from search.study import arch_key, open_study, sqlite_path, trial_status
+
+__all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
+
+_COUNTED = ("trained", "stopped")
+
+
+@dataclass
+class SweepSummary:
+    trained: int = 0
+    stopped: int = 0
+    failed: int = 0
+    infeasible: int = 0
+    duplicate: int = 0
+    wall_seconds: float = 0.0
+    loop_seconds: float = 0.0       # the scheduling loop alone (no Ray start, no data loading)
+    overhead_ms_per_trial: float = 0.0
+    nodes: set = field(default_factory=set)
+
+
+# --- proposing and pricing architectures --------------------------------------------------------
+
+def family_spaces(cfg: StudyConfig) -> dict[str, dict]:
+    """Each family's search space with the study file's overrides applied (prefixed names)."""
+    from space.knobs import apply_overrides
+    from space.registry import get_family
+
+    return {name: apply_overrides(get_family(name).search_space(),
+                                  {f"{name}.{k}": v for k, v in sec.knobs.items()})
+            for name, sec in cfg.families.items()}
+
+
+def propose(trial, spaces: dict[str, dict]) -> tuple[str, Any]:
+    """Draw a family and its knobs through ``trial`` (an Optuna trial)."""
+    from space.knobs import draw_from_trial
+    from space.registry import get_family
+
+    family = trial.suggest_categorical("family", sorted(spaces))
+    return family, get_family(family).sample(draw_from_trial(trial, spaces[family]))
+
+
+def price(cfg: StudyConfig, family: str, knobs, data_meta: dict) -> tuple[dict, list[float]]:
+    """Costs of an architecture and its constraint values (<= 0 is feasible, Optuna's convention)."""
+    from space.cost import measure
+
+    cost = measure(family, knobs, num_classes=data_meta["num_classes"], image_size=data_meta["image_size"],
+                   in_channels=data_meta["in_channels"]).as_dict()
+    c = cfg.constraints
+    constraints = []
+    if c.max_macs is not None:
+        constraints.append(cost["macs"] / c.max_macs - 1.0)
+    if c.max_params is not None:
+        constraints.append(cost["params"] / c.max_params - 1.0)
+    return cost, constraints or [0.0]
+
+
+def budget_used(trials: list[FrozenTrial]) -> int:
+    """Trials that occupied a worker to an outcome (a failed trial counts once no retry follows)."""
+    used = sum(1 for t in trials if trial_status(t) in _COUNTED)
+    return used + sum(1 for t in trials if trial_status(t) == "failed" and t.user_attrs.get("final", False))
+
+
+def _knobs_dict(knobs) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(knobs)))
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+class _DriverLock:
+    """One driver per SQLite study: a second one would corrupt the run directory and the record."""
+
+    def __init__(self, cfg: StudyConfig):
+        self.cfg, self.fd = cfg, None
+
+    def __enter__(self):
+        if sqlite_path(self.cfg.storage_url) is None:
+            return self  # server databases handle concurrent drivers
+        path = self.cfg.run_path / "driver.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise StudyLockedError(
+                f"another driver is already running study {self.cfg.study!r} on {self.cfg.storage_url}; "
+                f"wait for it or stop it (SQLite studies take one driver; use a PostgreSQL `storage:` URL "
+                f"to share a study between drivers)") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+
+
+@dataclass
+class _InFlight:
+    trial: optuna.Trial
+    family: str
+    key: str
+    record: dict
+    asked_at: float
+    worker: Any
+
+
+class Sweep:
+    """Runs (or resumes) the study described by ``cfg``.
+
+    Args:
+        cfg: the validated study file.
+        n_more: train this many more architectures instead of filling up to ``budget.n_trials``.
+        trial_fn: replaces the training function on the workers (benchmarks use a trivial one).
+        data: an already loaded ``DataSplits`` (tests reuse one); loaded from ``cfg.data`` if None.
+        log: where progress lines go.
+    """
+
+    def __init__(self, cfg: StudyConfig, n_more: int | None = None, trial_fn: Callable | None = None,
+                 data=None, log: Callable[[str], None] = print):
+        self.cfg, self.n_more, self.trial_fn, self.data, self.log = cfg, n_more, trial_fn, data, log
+        self.summary = SweepSummary()
+        self.costs: dict[str, tuple[dict, list[float]]] = {}
+        self.known: dict[str, FrozenTrial] = {}
+        self.inflight: dict[Any, _InFlight] = {}
+        self.idle_workers: list = []
+        self.overhead_s = 0.0
+        self.final_failures = 0
+        self.started = time.perf_counter()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _recover(self, study: optuna.Study) -> int:
+        """Mark trials a dead driver left RUNNING as failed and re-enqueue their parameters."""
+        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in stale:
+            study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
+            study._storage.set_trial_user_attr(t._trial_id, "failure_reason",
+                                               "interrupted: the driver stopped while this trial ran")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
+                                                      "attempt": t.user_attrs.get("attempt", 0)},
+                                skip_if_exists=False)
+        return len(stale)
+
+    def _load_data(self):
+        if self.data is None:
+            from trainers.data import DataConfig, load_data
+
+            d = self.cfg.data
+            self.data = load_data(DataConfig(dataset=d.dataset, root=d.root, train_size=d.train_size,
+                                             val_size=d.val_size, test_size=d.test_size,
+                                             image_size=d.image_size, seed=self.cfg.train.seed,
+                                             download=d.download))
+        self.data_meta = {"num_classes": self.data.num_classes, "image_size": self.data.image_size,
+                          "in_channels": self.data.in_channels,
+                          "mean": list(self.data.mean), "std": list(self.data.std)}
+
+    def _start_ray(self):
+        import ray
+
+        r = self.cfg.ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                                      "configure_logging": False}
+            if r.address:
+                ray.init(address=r.address, **kwargs)
+            else:
+                ray.init(num_cpus=r.num_cpus, num_gpus=r.num_gpus, **kwargs)
+        return ray
+
+    def _start_workers(self, ray, asha_actor) -> int:
+        from search.worker import make_worker_class
+
+        res = self.cfg.resources
+        total = ray.cluster_resources()
+        slots = int(total.get("CPU", 1) // res.cpus_per_trial)
+        if res.gpus_per_trial:
+            slots = min(slots, int(total.get("GPU", 0) // res.gpus_per_trial))
+            if slots == 0:
+                raise SearchSpaceExhausted(
+                    f"{self.cfg.path}: resources.gpus_per_trial is {res.gpus_per_trial} but the Ray "
+                    f"instance has {total.get('GPU', 0)} GPUs; lower it or set it to 0")
+        slots = max(1, min(slots, res.max_concurrent or slots))
+        worker_cls = make_worker_class(res.cpus_per_trial, res.gpus_per_trial)
+        data_ref = ray.put(self.data)
+        threads = max(1, int(res.cpus_per_trial))
+        self.idle_workers = [worker_cls.remote(data_ref, threads, self.trial_fn, asha_actor) for _ in range(slots)]
+        self._worker_factory = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, asha_actor)
+        return slots
+
+    def _make_asha(self, study: optuna.Study):
+        a = self.cfg.fidelity.asha
+        if a is None:
+            return None
+        from search.worker import make_asha_actor
+
+        rule = Asha(a.grace_period, a.reduction_factor, self.cfg.fidelity.epochs)
+        for t in study.get_trials(deepcopy=False):
+            if trial_status(t) in _COUNTED:
+                rule.record_curve(t.user_attrs.get("record", {}).get("curve", []))
+        return make_asha_actor(rule)
+
+    # -- one proposal ---------------------------------------------------------------------------
+    def _tell_without_training(self, study, trial, status: str, values, attrs: dict) -> None:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("status", status)
+        if values is None:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, values)
+
+    def _objective_values(self, acc: float, cost: dict, latency: float | None) -> list[float]:
+        table = {"accuracy": acc, "macs": cost["macs"], "params": cost["params"],
+                 "latency": latency if latency is not None else float("inf")}
+        return [float(table[o]) for o in self.cfg.objectives]
+
+    def _propose_one(self, study) -> bool:
+        """Ask for one architecture; returns True if it went to a worker."""
+        t0 = time.perf_counter()
+        trial = study.ask()
+        family, knobs = propose(trial, self.spaces)
+        knobs_d = _knobs_dict(knobs)
+        key = arch_key(family, knobs_d, self.fidelity)
+        if key not in self.costs:
+            self.costs[key] = price(self.cfg, family, knobs, self.data_meta)
+        cost, constraints = self.costs[key]
+        rec = {"family": family, "knobs": knobs_d, "arch_key": key, "fidelity": self.fidelity,
+               "constraints": constraints, **self.data_meta, **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")}}
+        if max(constraints) > 0:
+            self._tell_without_training(study, trial, "infeasible", self._objective_values(0.0, cost, None), rec)
+            self.summary.infeasible += 1
+            self.stalls += 1
+            self._line(f"trial {trial.number} {family} infeasible (macs {cost['macs']:,}, params {cost['params']:,})")
+            return False
+        if key in self.known or any(f.key == key for f in self.inflight.values()):
+            self._record_duplicate(study, trial, key, rec)
+            return False
+        rec["attempt"] = trial.user_attrs.get("attempt", 0)
+        trial.set_user_attr("record_pending", rec)  # one write now; the full record lands with the result
+        spec = self._spec(trial.number, family, knobs_d, key)
+        worker = self.idle_workers.pop()
+        future = worker.run.remote(spec)
+        self.inflight[future] = _InFlight(trial, family, key, rec, t0, worker)
+        self.stalls = 0
+        self.overhead_s += time.perf_counter() - t0
+        return True
+
+    def _record_duplicate(self, study, trial, key: str, rec: dict) -> None:
+        original = self.known.get(key)
+        rec = {**rec, "duplicate_of": original.number if original else None}
+        values = list(original.values) if original is not None and original.values else None
+        self._tell_without_training(study, trial, "duplicate", values, rec)
+        self.summary.duplicate += 1
+        self.stalls += 1
+
+    def _spec(self, number: int, family: str, knobs: dict, key: str) -> dict:
+        t = self.cfg.train
+        train = {"epochs": self.cfg.fidelity.epochs, "batch_size": t.batch_size, "lr": t.lr,
+                 "momentum": t.momentum, "weight_decay": t.weight_decay, "nesterov": t.nesterov,
+                 "augment": t.augment, "amp": t.amp, "condensed_training": t.condensed_training,
+                 "eval_test": t.eval_test, "seed": t.seed,
+                 "device": "cuda" if self.cfg.resources.gpus_per_trial > 0 else "cpu",
+                 "threads": max(1, int(self.cfg.resources.cpus_per_trial))}
+        return {"number": number, "family": family, "knobs": knobs, "train": train,
+                "checkpoint_dir": str((self.cfg.run_path / "checkpoints" / key).resolve()),
+                "max_latency_ms": self.cfg.constraints.max_latency_ms,
+                "measure_latency": "latency" in self.cfg.objectives,
+                "use_gpu": self.cfg.resources.gpus_per_trial > 0}
+
+    # -- one result -----------------------------------------------------------------------------
+    def _finish(self, study, flight: _InFlight, out: dict) -> None:
+        t0 = time.perf_counter()
+        trial, rec = flight.trial, dict(flight.record)
+        status = out.get("status", "failed")
+        rec.update({k: v for k, v in out.items() if k not in ("status", "traceback")})
+        rec["status"] = status
+        self.summary.nodes.add(out.get("node"))
+        if status in _COUNTED:
+            rec["fidelity_reached"] = out.get("epochs")
+            self._write_record(trial, rec)
+            if status == "trained":
+                study.tell(trial, self._objective_values(out["val_acc"], rec, out.get("latency_ms")))
+                self.summary.trained += 1
+            else:
+                study.tell(trial, state=TrialState.PRUNED)
+                self.summary.stopped += 1
+            self.known[flight.key] = study._storage.get_trial(trial._trial_id)
+            self._line(f"trial {trial.number} {flight.family} {status} acc {out['val_acc']:.4f} "
+                       f"({out.get('epochs')} ep, {out.get('train_seconds', 0):.1f}s) "
+                       f"macs {rec['macs']:,} params {rec['params']:,}")
+        elif status == "infeasible":
+            self._write_record(trial, rec)
+            study.tell(trial, self._objective_values(0.0, rec, out.get("latency_ms")))
+            self.summary.infeasible += 1
+            self._line(f"trial {trial.number} {flight.family} infeasible (latency {out.get('latency_ms'):.2f} ms)")
+        else:
+            self._fail(study, flight, rec, out)
+        self.overhead_s += time.perf_counter() - t0
+
+    def _fail(self, study, flight: _InFlight, rec: dict, out: dict) -> None:
+        trial = flight.trial
+        attempt = rec.get("attempt", 0)
+        retry = self.cfg.retry
+        retriable = out.get("failure_kind") != "nonfinite" or retry.retry_nonfinite
+        will_retry = retriable and attempt < retry.max_retries
+        rec["failure_reason"] = out.get("reason", "unknown failure")
+        rec["final"] = not will_retry
+        self._write_record(trial, rec)
+        study.tell(trial, state=TrialState.FAIL)
+        self.summary.failed += 1
+        self.final_failures += not will_retry
+        if will_retry:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1},
+                                skip_if_exists=False)
+        self._line(f"trial {trial.number} {flight.family} failed: {rec['failure_reason']}"
+                   + (f" (retry {attempt + 1}/{retry.max_retries} queued)" if will_retry else ""))
+
+    def _write_record(self, trial, rec: dict) -> None:
+        # Top-level attributes are what other tools filter on; everything else in one write.
+        trial.set_user_attr("status", rec.pop("status"))
+        for key in ("family", "constraints", "final"):
+            if key in rec:
+                trial.set_user_attr(key, rec[key])
+        trial.set_user_attr("record", rec)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _line(self, text: str) -> None:
+        s = self.summary
+        elapsed = time.perf_counter() - self.started
+        self.log(f"[{elapsed:7.1f}s] {text} | running {len(self.inflight)} trained {s.trained} "
+                 f"stopped {s.stopped} failed {s.failed} infeasible {s.infeasible} dup {s.duplicate}")
+
+    def _collect(self, study, ray, timeout: float | None) -> None:
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        for future in ready:
+            flight = self.inflight.pop(future)
+            try:
+                out = ray.get(future)
+                self.idle_workers.append(flight.worker)
+            except Exception as exc:  # the worker process died (killed, segfault, OOM killer)
+                out = {"status": "failed", "failure_kind": "worker_died",
+                       "reason": f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+                self.idle_workers.append(self._worker_factory())
+            self._finish(study, flight, out)
+
+    def run(self) -> SweepSummary:
+        with _DriverLock(self.cfg):
+            study = open_study(self.cfg)
+            recovered = self._recover(study)
+            self._load_data()
+            self.spaces = family_spaces(self.cfg)
+            self.fidelity = self.cfg.fidelity_key()
+            trials = study.get_trials(deepcopy=False)
+            for t in trials:
+                if trial_status(t) in _COUNTED and t.user_attrs.get("record", {}).get("arch_key"):
+                    self.known[t.user_attrs["record"]["arch_key"]] = t
+            used = budget_used(trials)
+            target = used + self.n_more if self.n_more is not None else self.cfg.budget.n_trials
+            self.log(f"study {self.cfg.study!r} in {self.cfg.storage_url}: {used} of {target} trials done"
+                     + (f", {recovered} interrupted trial(s) re-queued" if recovered else ""))
+            if used >= target:
+                return self.summary
+            ray = self._start_ray()
+            slots = self._start_workers(ray, self._make_asha(study))
+            self.log(f"{slots} concurrent trial(s), {self.cfg.resources.cpus_per_trial} CPU "
+                     f"and {self.cfg.resources.gpus_per_trial} GPU each")
+            loop_start = time.perf_counter()
+            self._loop(study, ray, target - used)
+            self.summary.loop_seconds = time.perf_counter() - loop_start
+        s = self.summary
+        s.wall_seconds = time.perf_counter() - self.started
+        n = s.trained + s.stopped + s.failed + s.infeasible + s.duplicate
+        s.overhead_ms_per_trial = 1000 * self.overhead_s / max(1, n)
+        return s
+
+    def _loop(self, study, ray, remaining: int) -> None:
+        deadline = (time.perf_counter() + self.cfg.budget.time_limit_s) if self.cfg.budget.time_limit_s else None
+        self.stalls, exhausted = 0, False
+        while True:
+            s = self.summary
+            counted = s.trained + s.stopped + self.final_failures
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            while self.idle_workers and not (out_of_time or exhausted) and counted + len(self.inflight) < remaining:
+                exhausted = self.stalls >= self.cfg.budget.max_stalls
+                if not exhausted:
+                    self._propose_one(study)
+            if not self.inflight:
+                break
+            self._collect(study, ray, timeout=None)
+        if exhausted:
+            self._give_up()
+        if deadline is not None and time.perf_counter() > deadline:
+            self.log(f"time limit of {self.cfg.budget.time_limit_s:.0f}s reached; `run` again to continue")
+
+    def _give_up(self) -> None:
+        s = self.summary
+        raise SearchSpaceExhausted(
+            f"{self.cfg.path}: the last {self.cfg.budget.max_stalls} proposals were all over budget or "
+            f"already trained ({s.infeasible} infeasible, {s.duplicate} duplicates in this run); widen "
+            f"`constraints:` or the families' knob ranges, or lower budget.n_trials")

@@ -1,0 +1,61 @@
+"""`python -m search status`: counts by state, the current front, time spent, driver overhead."""
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+from optuna.trial import TrialState
+
+from search.pareto import objectives_of, pareto_front
+from search.study import trial_status
+
+__all__ = ["status_dict", "print_status"]
+
+
+def _seconds(trials) -> tuple[float, float]:
+    """Wall time from the first trial's start to the last one's end, and summed training time."""
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    train = sum(t.user_attrs.get("record", {}).get("train_seconds") or 0.0 for t in trials)
+    return wall, train
+
+
+def _overhead_ms(trials) -> float | None:
+    """Driver time per trained trial: its wall time from ask to tell minus the worker's busy time."""
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["record"]["worker_seconds"]
+             for t in trials
+             if t.datetime_start and t.datetime_complete and "worker_seconds" in t.user_attrs.get("record", {})]
+    return 1000 * sum(spans) / len(spans) if spans else None
+
+
+def status_dict(study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    wall, train = _seconds(trials)
+    front = pareto_front(study)
+    return {
+        "study": study.study_name,
+        "objectives": objectives_of(study),
+        "states": dict(Counter(t.state.name for t in trials)),
+        "statuses": dict(Counter(trial_status(t) for t in trials)),
+        "n_trials": len(trials),
+        "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "wall_seconds": wall,
+        "train_seconds": train,
+        "overhead_ms_per_trial": _overhead_ms(trials),
+        "pareto": [{"number": m.number, "family": m.family, "values": m.values,
+                    "test_acc": m.record.get("test_acc"), "epochs": m.record.get("epochs")} for m in front],
+    }
+
+
+def print_status(study: optuna.Study) -> None:
+    s = status_dict(study)
+    print(f"study {s['study']}: {s['n_trials']} trials; " +
+          ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items())))
+    overhead = s["overhead_ms_per_trial"]
+    print(f"time: {s['wall_seconds']:.1f}s wall, {s['train_seconds']:.1f}s training"
+          + (f", driver overhead {overhead:.0f} ms per trained trial" if overhead is not None else ""))
+    print(f"Pareto front ({len(s['pareto'])} members; " + ", ".join(s["objectives"]) + "):")
+    for m in s["pareto"]:
+        vals = "  ".join(f"{k} {v:.4f}" if k == "accuracy" else f"{k} {v:,.0f}" for k, v in m["values"].items())
+        print(f"  #{m['number']:<5d} {m['family']:12s} {vals}")

@@ -1,0 +1,168 @@
+"""The Optuna study: storage, sampler, and the trial record that is the sweep's single source of truth.
+
+Everything a sweep knows lives in the study database: each trial's parameters (family and knobs under
+stable hierarchical names), its objective values, and user attributes (the record below). Resuming,
+deduplication, ASHA rungs, ``status`` and ``export`` are all rebuilt from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.config import StudyConfig
+from search.errors import StorageError
+
+__all__ = [
+    "arch_key", "open_storage", "open_study", "load_existing_study", "make_sampler", "sqlite_path",
+    "trial_status", "record",
+]
+
+# The trial record (user attributes; database keys, never rename):
+#   status       trained | stopped (ASHA) | infeasible | duplicate | failed
+#   family       the family name
+#   constraints  values <= 0 mean feasible (Optuna's convention); read by constrained samplers
+#   final        on failed trials: no retry follows
+#   record       everything else in one write: knobs, arch_key (dedup key of family + knobs +
+#                fidelity), fidelity, params/macs of both forms, data shape, accuracies, epochs,
+#                seconds, latency, checkpoint folder, node, failure_reason, curve
+_CONSTRAINTS_ATTR = "constraints"
+
+
+def arch_key(family: str, knobs: dict, fidelity: dict) -> str:
+    blob = json.dumps({"family": family, "knobs": knobs, "fidelity": fidelity}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """File of an ``sqlite:///`` URL, or None for other databases and in-memory SQLite."""
+    if not url.startswith("sqlite:///"):
+        return None
+    rest = url[len("sqlite:///"):].split("?")[0]
+    return Path(rest) if rest and rest != ":memory:" else None
+
+
+def _constraints_of(trial: FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get(_CONSTRAINTS_ATTR, [0.0]))
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The study's sampler; constrained samplers learn from the stored constraint values."""
+    s = cfg.sampler
+    opts = dict(s.options)
+    constrained = {"constraints_func": _constraints_of}
+    builders = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **constrained, **opts),
+        "nsga3": lambda: optuna.samplers.NSGAIIISampler(seed=s.seed, **constrained, **opts),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed, **constrained, **opts),
+        "gp": lambda: optuna.samplers.GPSampler(seed=s.seed, **constrained, **opts),
+        "random": lambda: optuna.samplers.RandomSampler(seed=s.seed, **opts),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=s.seed, **opts),
+        "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=s.seed, **opts),
+    }
+    try:
+        return builders[s.name]()
+    except TypeError as e:
+        raise StorageError(f"{cfg.path}: sampler.options: {e}") from None
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """Create the folder and switch the file to WAL, so readers never block the writing driver."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=60) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as e:
+        raise StorageError(f"cannot create the study database {path}: {e}; "
+                           f"set `storage:` or `run_dir:` in the study file to a writable place") from None
+
+
+def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
+    """RDB storage with a generous busy timeout; errors become one clear StorageError."""
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise StorageError(f"no study database at {path}; run `python -m search run` on the study first")
+        _prepare_sqlite(path)
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if path is not None else {"pool_pre_ping": True}
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
+        cause = str(e).splitlines()[0][:300]
+        raise StorageError(f"cannot open the study database {url!r}: {cause}") from None
+    if path is not None:
+        _tune_sqlite(storage)
+    return storage
+
+
+def _set_pragmas(dbapi_connection, _record) -> None:
+    # WAL with synchronous=NORMAL: commits survive a killed process (not a power cut) and cost no
+    # fsync each, which is most of the per-write time of a sweep's many small writes.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()
+
+
+def _tune_sqlite(storage) -> None:
+    import sqlalchemy
+
+    sqlalchemy.event.listen(storage.engine, "connect", _set_pragmas)
+    storage.engine.dispose()  # connections opened before the listener reconnect with the pragmas
+
+
+def _check_study_names(storage, cfg: StudyConfig) -> None:
+    names = [s.study_name for s in storage.get_all_studies()]
+    if names and cfg.study not in names and sqlite_path(cfg.storage_url) is not None:
+        raise StorageError(
+            f"{cfg.path}: storage {cfg.storage_url!r} holds the study/studies {names}, not {cfg.study!r}; "
+            f"point `storage:` at this study's own file (or remove it to use runs/{cfg.study}/study.db)")
+
+
+def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
+    """Create or load the study named in ``cfg`` and check its objectives match the file's."""
+    storage = open_storage(cfg.storage_url, create=create)
+    _check_study_names(storage, cfg)
+    try:
+        study = optuna.create_study(study_name=cfg.study, storage=storage, directions=cfg.directions,
+                                    sampler=make_sampler(cfg), load_if_exists=True)
+    except Exception as e:
+        raise StorageError(f"cannot open study {cfg.study!r} in {cfg.storage_url!r}: {e}") from None
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", list(cfg.objectives))
+    elif list(stored) != list(cfg.objectives):
+        raise StorageError(f"{cfg.path}: objectives {list(cfg.objectives)} differ from those the study "
+                           f"{cfg.study!r} was created with ({stored}); start a new study name instead")
+    return study
+
+
+def load_existing_study(url: str, name: str | None) -> optuna.Study:
+    """Open a study for reading (status/export); ``name`` may be omitted when the file holds one."""
+    storage = open_storage(url, create=False)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name is None:
+        if len(names) != 1:
+            raise StorageError(f"{url!r} holds {len(names)} studies {names}; name one")
+        name = names[0]
+    if name not in names:
+        raise StorageError(f"{url!r} holds no study {name!r}; studies there: {names}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trial_status(trial: FrozenTrial) -> str:
+    """The record's status, with Optuna's own state for trials the record does not cover."""
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    if trial.state == TrialState.WAITING:
+        return "waiting"
+    return trial.user_attrs.get("status", trial.state.name.lower())
+
+
+def record(trial: FrozenTrial, key: str, default: Any = None) -> Any:
+    return trial.user_attrs.get(key, default)

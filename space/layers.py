@@ -1,0 +1,466 @@
+"""Layers shared by the network families: learned group convolution, sparse feature reactivation,
+channel shuffle, squeeze-and-excite and an activation factory.
+
+The learned group convolution (LGC) is the one of CondenseNet (Huang et al., CVPR 2018) and the
+sparse feature reactivation (SFR) module the one of CondenseNetV2 (Yang et al., CVPR 2021,
+/work/shared/papers/002_61930d3504adb05c.txt, Sec. 3.1); both follow the official PyTorch code
+(ShichenLiu/CondenseNet, jianghaojun/CondenseNetV2) where the papers leave details open:
+
+- Schedule: with factor F there are F-1 condensing stages spread over the first half of training;
+  stage ``i`` is reached once ``2 * progress >= i / (F - 1)``, and every stage removes ``n // F``
+  connections (inputs per output group for LGC, outputs per input group for SFR). The official
+  code drops one stage's worth per check even if progress jumped several stages; here every stage
+  passed is applied, so the result does not depend on how often progress is reported.
+- Importance: the L1 norm of the masked weights over the group (LGC: over the group's output
+  filters; SFR: over the group's input channels), smallest first among the still-kept ones, ties
+  broken by the lower channel index (the official code could re-drop a pruned channel on ties).
+- Grouping: LGC group ``g`` owns output filters ``g, g+G, g+2G, ...``; SFR group ``j`` owns input
+  channels ``j, j+G, ...``. The interleaving is what makes the training form "shuffled": the
+  contiguous groups of the following 3x3 group convolution see every LGC group.
+
+Both layers follow the ``set_progress`` / ``deploy`` protocol of :mod:`space.convert`. ``deploy()``
+always returns the final condensed shape (the one the papers count): a layer that has not reached
+its last stage yet gets the remaining stages applied, by the same L1 rule, to a copy of its mask.
+From progress 0.5 on, the deploy form therefore computes exactly what the training form does.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "make_activation",
+    "HardSwish",
+    "ChannelShuffle",
+    "SqueezeExcite",
+    "MaskedConv2d",
+    "LearnedGroupConv",
+    "CondensedGroupConv",
+    "SparseFeatureReactivation",
+    "CondensedReactivation",
+    "condense_stage",
+]
+
+HardSwish = nn.Hardswish
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hswish": nn.Hardswish,
+    "hsigmoid": nn.Hardsigmoid,
+    "sigmoid": nn.Sigmoid,
+    "swish": nn.SiLU,
+    "silu": nn.SiLU,
+    "identity": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (``"relu"``, ``"hswish"``, ...; see ``ACTIVATIONS``)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; valid activations: {sorted(ACTIVATIONS)}") from None
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, but got {name}={value!r}")
+
+
+def _check_dropout(dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), but got dropout={dropout!r}")
+
+
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: channel ``g * (C / groups) + k`` moves to ``k * groups + g``."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        _check_positive(groups=groups)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excite: global average -> FC -> activation -> FC -> sigmoid gate.
+
+    As in the official CondenseNetV2 code the two FCs are bias-free ``nn.Linear`` layers (their
+    MACs are counted by the cost model). The hidden width is ``max(channels // reduction,
+    min_channels)``; ``min_channels`` is the floor some SE variants use.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, activation: str = "relu", *,
+                 min_channels: int = 1, bias: bool = False, gate: str = "sigmoid") -> None:
+        super().__init__()
+        _check_positive(channels=channels, reduction=reduction, min_channels=min_channels)
+        hidden = max(channels // reduction, min_channels)
+        self.fc1 = nn.Linear(channels, hidden, bias=bias)
+        self.act = make_activation(activation)
+        self.fc2 = nn.Linear(hidden, channels, bias=bias)
+        self.gate = make_activation(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3))
+        s = self.gate(self.fc2(self.act(self.fc1(s))))
+        return x * s[:, :, None, None]
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A 1x1 ``nn.Conv2d`` whose weight is multiplied by a binary ``mask`` buffer.
+
+    Being an ``nn.Conv2d``, its (dense) MACs are seen by the cost model's hooks in training form.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1, bias=False)
+        self.register_buffer("mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight * self.mask, None)
+
+
+def condense_stage(progress: float, factor: int) -> int:
+    """Condensing stage reached at ``progress`` with ``factor - 1`` stages over the first half.
+
+    Stage ``i`` (1 <= i <= factor - 1) is reached once ``2 * progress >= i / (factor - 1)``; this
+    is the official ``_check_drop`` rule, evaluated the same way to agree on the boundaries.
+    """
+    if factor <= 1:
+        return 0
+    for i in range(factor - 1):
+        if progress * 2 < (i + 1) / (factor - 1):
+            return i
+    return factor - 1
+
+
+def _drop_smallest(keep: torch.Tensor, score: torch.Tensor, n: int) -> torch.Tensor:
+    """Clear, in every row of ``keep``, the ``n`` kept entries of smallest ``score``."""
+    score = score.masked_fill(~keep, math.inf)
+    order = torch.sort(score, dim=1, stable=True).indices[:, :n]
+    return keep.scatter(1, order, False)
+
+
+def _copy_bn(old: nn.BatchNorm2d, index: torch.Tensor | None) -> nn.BatchNorm2d:
+    """A BN over ``old``'s channels picked by ``index`` (all of them if None), stats included."""
+    channels = old.num_features if index is None else index.numel()
+    new = nn.BatchNorm2d(channels, eps=old.eps, momentum=old.momentum, affine=old.affine,
+                         track_running_stats=old.track_running_stats,
+                         device=old.weight.device if old.affine else None)
+    if old.weight.is_meta:
+        return new
+
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        return t if index is None else t.index_select(0, index)
+
+    with torch.no_grad():
+        if old.affine:
+            new.weight.copy_(pick(old.weight))
+            new.bias.copy_(pick(old.bias))
+        if old.track_running_stats:
+            new.running_mean.copy_(pick(old.running_mean))
+            new.running_var.copy_(pick(old.running_var))
+            new.num_batches_tracked.copy_(old.num_batches_tracked)
+    return new.to(old.weight.dtype)
+
+
+class _Scheduled(nn.Module):
+    """Bookkeeping shared by LGC and SFR: the stage, kept in a buffer (checkpoints) and mirrored
+    in a Python int so that ``set_progress`` per batch costs no device synchronisation."""
+
+    def _init_schedule(self, factor: int) -> None:
+        self.factor = factor
+        self.register_buffer("_stage", torch.zeros((), dtype=torch.long))
+        self._stage_int = 0
+
+    @property
+    def stage(self) -> int:
+        return self._stage_int
+
+    @property
+    def final_stage(self) -> int:
+        return max(self.factor - 1, 0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        key = prefix + "_stage"
+        if key in state_dict and not state_dict[key].is_meta:
+            self._stage_int = int(state_dict[key])
+
+    def set_progress(self, progress: float) -> bool:
+        """Advance to the stage of ``progress``, applying every stage passed; True if it changed."""
+        target = condense_stage(progress, self.factor)
+        if target <= self._stage_int or self.mask.is_meta:
+            return False
+        with torch.no_grad():
+            self._apply_keep(self._dropped(self._keep(), target - self._stage_int))
+        self._stage_int = target
+        self._stage.fill_(target)
+        return True
+
+    def _final_keep(self) -> torch.Tensor:
+        return self._dropped(self._keep(), self.final_stage - self._stage_int)
+
+
+class LearnedGroupConv(_Scheduled):
+    """CondenseNet's learned group convolution (pre-activation 1x1): BN -> act -> dropout -> conv.
+
+    The ``groups`` output groups each learn which ``in_channels // condense_factor`` inputs to keep.
+    Group ``g`` owns output filters ``g, g + groups, ...`` (the official grouping).
+
+    Args:
+        in_channels: input channels; must be divisible by ``condense_factor``.
+        out_channels: output channels; must be divisible by ``groups``.
+        groups: number of output groups G (the test-time group convolution has G groups).
+        condense_factor: C; each group keeps ``in_channels / C`` inputs after ``C - 1`` stages.
+        dropout: dropout probability after the activation (official CondenseNet option).
+        activation: activation name for :func:`make_activation`.
+
+    Raises:
+        ValueError: on non-positive sizes or the divisibility conditions above.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, condense_factor: int,
+                 dropout: float = 0.0, activation: str = "relu") -> None:
+        super().__init__()
+        _check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups,
+                        condense_factor=condense_factor)
+        _check_dropout(dropout)
+        if in_channels % condense_factor:
+            raise ValueError(f"in_channels={in_channels} must be divisible by condense_factor={condense_factor}")
+        if out_channels % groups:
+            raise ValueError(f"out_channels={out_channels} must be divisible by groups={groups}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.condense_factor, self.dropout, self.activation = condense_factor, dropout, activation
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.act = make_activation(activation)
+        self.drop = _dropout(dropout)
+        self.conv = MaskedConv2d(in_channels, out_channels)
+        self._init_schedule(condense_factor)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.conv.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.drop(self.act(self.norm(x))))
+
+    # --- schedule -----------------------------------------------------------------------------
+
+    def _keep(self) -> torch.Tensor:
+        """(G, in) bool: inputs kept by each group (row g is output filter g's mask)."""
+        return self.conv.mask[: self.groups, :, 0, 0] > 0
+
+    def _group_l1(self) -> torch.Tensor:
+        """(G, in): L1 norm of the masked weights of each group's filters, per input channel."""
+        w = (self.conv.weight * self.conv.mask).abs()[:, :, 0, 0]
+        return w.view(self.out_channels // self.groups, self.groups, self.in_channels).sum(0)
+
+    def _dropped(self, keep: torch.Tensor, stages: int) -> torch.Tensor:
+        if stages <= 0:
+            return keep
+        return _drop_smallest(keep, self._group_l1(), stages * (self.in_channels // self.condense_factor))
+
+    def _apply_keep(self, keep: torch.Tensor) -> None:
+        full = keep.repeat(self.out_channels // self.groups, 1)
+        self.conv.mask.copy_(full[:, :, None, None].to(self.conv.mask.dtype))
+
+    def lasso_loss(self) -> torch.Tensor:
+        """Group-lasso term of the official code: sum over (group, input) of the L2 norm of the
+        group's masked weights from that input; zero once the final stage is reached."""
+        if self._stage_int >= self.final_stage:
+            return self.conv.weight.new_zeros(())
+        w = (self.conv.weight * self.conv.mask)[:, :, 0, 0].pow(2)
+        w = w.view(self.out_channels // self.groups, self.groups, self.in_channels).sum(0)
+        return w.clamp(min=1e-6).sqrt().sum()
+
+    # --- deploy -------------------------------------------------------------------------------
+
+    def deploy(self) -> CondensedGroupConv:
+        """Index-select + BN + act + group conv + shuffle; equal to the masked layer at the final
+        stage (see the module docstring for layers deployed earlier)."""
+        kept = self.in_channels // self.condense_factor
+        weight = self.conv.weight
+        if weight.is_meta:
+            index = torch.zeros(self.groups * kept, dtype=torch.long, device=weight.device)
+        else:
+            index = self._final_keep().nonzero()[:, 1]
+        layer = CondensedGroupConv(self.groups * kept, self.out_channels, self.groups,
+                                   self.dropout, self.activation, device=weight.device)
+        layer.index.copy_(index)
+        layer.norm = _copy_bn(self.norm, None if weight.is_meta else index)
+        if not weight.is_meta:
+            with torch.no_grad():
+                layer.conv.weight.copy_(self._condensed_weight(index.view(self.groups, kept)))
+        return layer.to(weight.dtype)
+
+    def _condensed_weight(self, kept: torch.Tensor) -> torch.Tensor:
+        """Grouped weight: row ``g * d_out + k`` is filter ``g + k * G`` on group g's kept inputs."""
+        d_out = self.out_channels // self.groups
+        order = torch.arange(self.out_channels, device=kept.device).view(d_out, self.groups).t().reshape(-1)
+        w = self.conv.weight[order, :, 0, 0]
+        cols = kept.repeat_interleave(d_out, dim=0)
+        return w.gather(1, cols)[:, :, None, None]
+
+
+class CondensedGroupConv(nn.Module):
+    """Test-time form of :class:`LearnedGroupConv`.
+
+    ``index`` (buffer) lists the kept input channels group by group (an input kept by several
+    groups appears several times); the grouped conv's output is shuffled back to the order of the
+    training form, so a later layer sees the same channels.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float = 0.0,
+                 activation: str = "relu", device: torch.device | None = None) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.zeros(in_channels, dtype=torch.long, device=device))
+        self.norm = nn.BatchNorm2d(in_channels, device=device)
+        self.act = make_activation(activation)
+        self.drop = _dropout(dropout)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=False, device=device)
+        self.shuffle = ChannelShuffle(groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.index_select(1, self.index)
+        return self.shuffle(self.conv(self.drop(self.act(self.norm(x)))))
+
+
+class SparseFeatureReactivation(_Scheduled):
+    """CondenseNetV2's SFR module: BN -> act -> 1x1 conv from new features to the layer input.
+
+    Input group ``j`` (channels ``j, j + groups, ...`` of the new features) learns which
+    ``out_channels // sparse_factor`` outputs to update, over ``sparse_factor - 1`` stages. The
+    output is the increment added to the layer's input (the addition lives in the dense layer).
+
+    Args:
+        in_channels: new feature channels (the growth rate); divisible by ``groups``.
+        out_channels: channels of the layer input to reactivate; divisible by ``sparse_factor``.
+        groups: G, input groups (the test-time group convolution has G groups).
+        sparse_factor: S; each input group updates ``out_channels / S`` outputs at the end.
+        activation: activation name for :func:`make_activation`.
+        dropout: dropout probability after the activation.
+
+    Raises:
+        ValueError: on non-positive sizes or the divisibility conditions above.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, sparse_factor: int,
+                 activation: str = "relu", dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups,
+                        sparse_factor=sparse_factor)
+        _check_dropout(dropout)
+        if in_channels % groups:
+            raise ValueError(f"in_channels={in_channels} must be divisible by groups={groups}")
+        if out_channels % sparse_factor:
+            raise ValueError(f"out_channels={out_channels} must be divisible by sparse_factor={sparse_factor}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.sparse_factor, self.dropout, self.activation = sparse_factor, dropout, activation
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.act = make_activation(activation)
+        self.drop = _dropout(dropout)
+        self.conv = MaskedConv2d(in_channels, out_channels)
+        self._init_schedule(sparse_factor)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.conv.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.drop(self.act(self.norm(x))))
+
+    # --- schedule: rows of the (G, O) tables below are input groups ----------------------------
+
+    def _keep(self) -> torch.Tensor:
+        """(G, O) bool: outputs updated by each input group (column j is input channel j's mask)."""
+        return self.conv.mask[:, : self.groups, 0, 0].t() > 0
+
+    def _group_l1(self) -> torch.Tensor:
+        w = (self.conv.weight * self.conv.mask).abs()[:, :, 0, 0]
+        return w.view(self.out_channels, self.in_channels // self.groups, self.groups).sum(1).t()
+
+    def _dropped(self, keep: torch.Tensor, stages: int) -> torch.Tensor:
+        if stages <= 0:
+            return keep
+        return _drop_smallest(keep, self._group_l1(), stages * (self.out_channels // self.sparse_factor))
+
+    def _apply_keep(self, keep: torch.Tensor) -> None:
+        full = keep.t().repeat(1, self.in_channels // self.groups)
+        self.conv.mask.copy_(full[:, :, None, None].to(self.conv.mask.dtype))
+
+    def lasso_loss(self) -> torch.Tensor:
+        """Group-lasso term of the official code (L2 norm per output and input group)."""
+        if self._stage_int >= self.final_stage:
+            return self.conv.weight.new_zeros(())
+        w = (self.conv.weight * self.conv.mask)[:, :, 0, 0].pow(2)
+        w = w.view(self.out_channels, self.in_channels // self.groups, self.groups).sum(1)
+        return w.clamp(min=1e-6).sqrt().sum()
+
+    # --- deploy -------------------------------------------------------------------------------
+
+    def deploy(self) -> CondensedReactivation:
+        """Group conv over the kept outputs + index_add into the input channels."""
+        kept = self.out_channels // self.sparse_factor
+        weight = self.conv.weight
+        if weight.is_meta:
+            index = torch.zeros(self.groups * kept, dtype=torch.long, device=weight.device)
+        else:
+            index = self._final_keep().nonzero()[:, 1]
+        layer = CondensedReactivation(self.in_channels, self.out_channels, self.groups * kept,
+                                      self.groups, self.activation, self.dropout, device=weight.device)
+        layer.index.copy_(index)
+        layer.norm = _copy_bn(self.norm, None)
+        if not weight.is_meta:
+            with torch.no_grad():
+                layer.conv.weight.copy_(self._condensed_weight(index))
+        return layer.to(weight.dtype)
+
+    def _condensed_weight(self, index: torch.Tensor) -> torch.Tensor:
+        """Row ``j * K + r``: output ``index[j * K + r]`` on group j's inputs ``j, j + G, ...``."""
+        kept = index.numel() // self.groups
+        w = self.conv.weight[:, :, 0, 0].view(self.out_channels, self.in_channels // self.groups, self.groups)
+        group = torch.arange(self.groups, device=index.device).repeat_interleave(kept)
+        return w[index, :, group][:, :, None, None]
+
+
+class CondensedReactivation(nn.Module):
+    """Test-time form of :class:`SparseFeatureReactivation`.
+
+    The input channels are first regrouped so group j's channels ``j, j + G, ...`` are contiguous,
+    then a G-group conv computes only the kept (group, output) pairs, and ``index_add`` sums them
+    into their output channels (``index``, a buffer; outputs updated by several groups add up).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kept: int, groups: int,
+                 activation: str = "relu", dropout: float = 0.0,
+                 device: torch.device | None = None) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.register_buffer("index", torch.zeros(kept, dtype=torch.long, device=device))
+        self.norm = nn.BatchNorm2d(in_channels, device=device)
+        self.act = make_activation(activation)
+        self.drop = _dropout(dropout)
+        # Regroup j, j+G, ... together: the inverse of a shuffle with G groups.
+        self.regroup = ChannelShuffle(in_channels // groups) if groups > 1 else nn.Identity()
+        self.conv = nn.Conv2d(in_channels, kept, 1, groups=groups, bias=False, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(self.regroup(self.drop(self.act(self.norm(x)))))
+        n, _, h, w = y.shape
+        return y.new_zeros(n, self.out_channels, h, w).index_add_(1, self.index, y)
