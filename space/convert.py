@@ -41,9 +41,10 @@ def _replace_children(module: nn.Module) -> None:
             _replace_children(child)
 
 
-def to_deploy(model: nn.Module) -> nn.Module:
-    """A converted copy of ``model`` in eval mode; ``model`` itself is left untouched."""
-    deployed = copy.deepcopy(model)
+def to_deploy(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """A converted copy of ``model`` in eval mode (``inplace``: convert ``model`` itself, which the
+    cost model does to skip the copy of a throw-away meta network)."""
+    deployed = model if inplace else copy.deepcopy(model)
     deployed.eval()
     if hasattr(deployed, "deploy"):
         return deployed.deploy().eval()

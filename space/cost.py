@@ -59,28 +59,38 @@ def count_macs(model: nn.Module, image_size: int | tuple[int, int], in_channels:
             total += _linear_macs(module, output)
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    modules = list(model.modules())
+    handles = [m.register_forward_hook(hook) for m in modules if isinstance(m, (nn.Conv2d, nn.Linear))]
+    # BN keeps shapes and adds no MACs, but is the slowest op on the meta device (Python-side
+    # checks): an instance-level identity forward makes counting about 4x faster.
+    norms = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.forward = _identity
+    was_training = model.training
     try:
-        was_training = model.training
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, in_channels, h, w, device=device))
-        model.train(was_training)
     finally:
+        model.train(was_training)
+        for m in norms:
+            del m.forward
         for handle in handles:
             handle.remove()
     return total
 
 
-def measure_module(model: nn.Module, image_size: int, in_channels: int = 3) -> Cost:
-    """Cost of an already built training-form network (converted here for the deploy counts)."""
-    deployed = to_deploy(model)
-    return Cost(
-        params=count_params(deployed),
-        macs=count_macs(deployed, image_size, in_channels),
-        train_params=count_params(model),
-        train_macs=count_macs(model, image_size, in_channels),
-    )
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def measure_module(model: nn.Module, image_size: int, in_channels: int = 3, inplace: bool = False) -> Cost:
+    """Cost of a training-form network; ``inplace`` converts ``model`` itself for the deploy counts."""
+    train_params = count_params(model)
+    train_macs = count_macs(model, image_size, in_channels)
+    deployed = to_deploy(model, inplace=inplace)
+    return Cost(params=count_params(deployed), macs=count_macs(deployed, image_size, in_channels),
+                train_params=train_params, train_macs=train_macs)
 
 
 def measure(family: str, knobs: Any, num_classes: int, image_size: int, in_channels: int = 3) -> Cost:
@@ -88,4 +98,4 @@ def measure(family: str, knobs: Any, num_classes: int, image_size: int, in_chann
     fam = get_family(family)
     with torch.device("meta"):
         model = fam.build(knobs, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
-    return measure_module(model, image_size, in_channels)
+    return measure_module(model, image_size, in_channels, inplace=True)

@@ -11,6 +11,13 @@ nothing here knows any family: a copy of the model whose parameters hold their o
 e.g. a masked weight). The map is accepted for a parameter only if it also reproduces that
 parameter's real converted values exactly; a conversion that mixes values (BN folding, sums) gets
 its momentum reset to zero for that parameter instead, which is what a fresh optimizer would do.
+
+The same map shows where the conversion duplicated an element: a condensed learned group
+convolution applies its BN to the selected inputs, so an input kept by two groups gets two copies
+of its BN scale and shift. In the masked network they are one parameter; trained separately they
+would drift apart. :func:`tie_gradients` keeps such copies tied (each gets the sum of their
+gradients, as the single masked parameter would), so training the condensed form follows the masked
+one exactly.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from torch import nn
 from space.convert import set_progress, to_deploy
 
 __all__ = ["DeployMismatchError", "masks_final", "deploy_max_abs_diff", "check_deploy",
-           "element_sources", "carry_momentum"]
+           "element_sources", "carry_momentum", "find_ties", "tie_gradients"]
 
 
 class DeployMismatchError(RuntimeError):
@@ -124,3 +131,32 @@ def carry_momentum(optimizer: torch.optim.Optimizer, model: nn.Module, new_optim
         new_optimizer.state[q]["momentum_buffer"] = values.view_as(q).to(q.dtype).clone()
         carried += 1
     return carried
+
+
+def find_ties(deployed: nn.Module, sources: list[torch.Tensor | None]) -> dict[str, torch.Tensor]:
+    """Parameters of ``deployed`` holding several copies of one training element: name -> for each
+    element, the index of its group of copies (``torch.unique``'s inverse)."""
+    ties = {}
+    for (name, _), index in zip(deployed.named_parameters(), sources):
+        if index is None:
+            continue
+        unique, inverse = torch.unique(index, return_inverse=True)
+        if len(unique) < index.numel() and not bool((unique < 0).any()):
+            ties[name] = inverse
+    return ties
+
+
+def tie_gradients(model: nn.Module, ties: dict[str, torch.Tensor]) -> None:
+    """Make every copy in a tie group receive the group's summed gradient (a hook per parameter)."""
+    params = dict(model.named_parameters())
+    for name, inverse in ties.items():
+        param = params[name]
+        groups = int(inverse.max()) + 1
+        inverse = inverse.to(param.device)
+
+        def hook(grad: torch.Tensor, inverse: torch.Tensor = inverse, groups: int = groups) -> torch.Tensor:
+            flat = grad.reshape(-1)
+            summed = flat.new_zeros(groups).index_add_(0, inverse, flat)
+            return summed[inverse].view_as(grad)
+
+        param.register_hook(hook)

@@ -1,0 +1,89 @@
+"""The command line: arch output, validate, and misuse (exit 1, one message, nothing written)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=300)
+
+
+def test_arch_json_has_the_promised_fields(capsys):
+    assert main(["arch", "condensenetv2-110", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for key in ("name", "family", "num_classes", "image_size", "params", "macs", "train_params",
+                "train_macs", "knobs"):
+        assert key in info
+    assert info["family"] == "condensenet" and info["image_size"] == 32
+    assert info["params"] < info["train_params"]
+
+
+def test_arch_classes_change_only_the_classifier(capsys):
+    main(["arch", "condensenetv2-110", "--json"])
+    ten = json.loads(capsys.readouterr().out)
+    main(["arch", "condensenetv2-110", "--json", "--classes", "100"])
+    hundred = json.loads(capsys.readouterr().out)
+    assert hundred["num_classes"] == 100
+    assert hundred["params"] > ten["params"] and hundred["macs"] > ten["macs"]
+
+
+def test_arch_family_default_and_text_output(capsys):
+    assert main(["arch", "rsnet"]) == 0
+    out = capsys.readouterr().out
+    assert "deploy form" in out and "training form" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["arch", "resnet-50"], "unknown architecture 'resnet-50'"),
+    (["arch", "rsnet", "--set", "no_such_knob=3"], "unknown knob"),
+    (["arch", "rsnet", "--set", "groups"], "expected knob=value"),
+    (["run", "does/not/exist.yaml"], "no such file"),
+    (["status"], "give a study file"),
+    (["status", "--storage", "sqlite:///does/not/exist.db"], "no study database"),
+    (["export", "--storage", "sqlite:///does/not/exist.db"], "no study database"),
+    (["validate", "nope.yaml"], "no such file"),
+])
+def test_misuse_is_one_message_and_status_1(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argparse_misuse_exits_1():
+    assert main(["run"]) == 1
+    assert main(["frobnicate"]) == 1
+    assert main([]) == 1
+
+
+def test_bad_study_file_via_subprocess_writes_nothing(tmp_path):
+    study = tmp_path / "bad.yaml"
+    study.write_text("study: x\nfamilies: {rsnet: {}}\nbudget: {n_trials: -3}\n")
+    proc = run_cli("run", str(study), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {study}: budget.n_trials: must be > 0, got -3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_debug_shows_traceback(tmp_path):
+    proc = run_cli("--debug", "arch", "nope", cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_validate_shipped_quickstart(capsys):
+    assert main(["validate", str(REPO / "studies" / "quickstart.yaml"), "--samples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "family" in out and "cheapest" in out

@@ -1,0 +1,505 @@
+"""Training one architecture: SGD with a per-iteration cosine schedule, the papers' CIFAR recipe.
+
+Reads top to bottom (nanoGPT style): configuration, small helpers, one epoch, the condensation
+switch, checkpoints, then :func:`train_model`, the loop that ties them together.
+
+Recipe (CondenseNet / CondenseNetV2 official code): SGD, momentum 0.9, nesterov, weight decay
+1e-4, batch 64, learning rate 0.1 decayed by a cosine stepped every iteration, progress
+``(epoch + batch / batches) / epochs`` fed to the mask schedule (:func:`space.convert.set_progress`)
+before every batch. The last partial batch of an epoch is dropped (a random 16 of CIFAR's 45,000
+training images per epoch at batch 64), which keeps BN away from batches of one image.
+
+Condensed training: once progress >= 0.5, a ``set_progress`` call changes nothing and a probe on a
+copy confirms that no later call can (:func:`trainers.condense.masks_final`), the masked network
+is converted to its deploy form, checked equal on a validation batch, and training continues on
+the condensed network with a new optimizer whose momentum is carried over element by element, and
+with the copies the conversion made of one parameter kept tied (:mod:`trainers.condense`). Both
+forms compute the same function and take the same SGD steps, so this changes the cost of the
+second half of training, not its result (up to float rounding).
+
+After the last epoch the network is converted to its deploy form, checked equal to the training
+form, and the final metrics are measured on the deploy form.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from space.convert import has_schedule, set_progress, to_deploy
+from trainers.augment import Augmenter, normalize
+from trainers.checkpoint import CHECKPOINT_NAME, DEPLOY_NAME, capture_rng, load_checkpoint, restore_rng, save_atomic
+from trainers.condense import (carry_momentum, check_deploy, element_sources, find_ties, masks_final,
+                               tie_gradients)
+from trainers.data import DataSplits
+from trainers.latency import measure_latency
+
+__all__ = ["TrainConfig", "EpochReport", "TrainResult", "NonFiniteLossError", "train", "train_model",
+           "evaluate", "cosine_lr"]
+
+CHECK_BATCH = 64  # validation images used for the deploy-equality check
+_FORMAT = 1  # checkpoint layout version
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 300  # the papers' CIFAR schedule; fewer epochs is the main fidelity knob
+    batch_size: int = 64  # official CondenseNet(V2) CIFAR batch size
+    lr: float = 0.1  # peak of the cosine schedule (official value at batch 64)
+    momentum: float = 0.9  # official SGD momentum
+    weight_decay: float = 1e-4  # official value; applied to every parameter as in the official code
+    nesterov: bool = True  # official code uses nesterov momentum
+    augment: bool = True  # pad + random crop (+ flip where label-preserving), as in the papers
+    device: str = "auto"  # "auto": CUDA when available, else CPU; or any torch device string
+    threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None: leave as is
+    amp: bool = True  # CUDA only: bf16 autocast (fp16 + GradScaler where bf16 is unsupported)
+    channels_last: bool = True  # CUDA only: faster convolutions; CPU kernels prefer NCHW here
+    condensed_training: bool = True  # train the condensed form once all masks are final (same result, cheaper)
+    eval_test: bool = False  # test accuracy is for final reporting only, never for selection
+    measure_latency: bool = False  # batch-1 latency of the deploy form, after training
+    seed: int = 0  # model init, data order and augmentation
+    eval_batch_size: int = 256  # evaluation only: larger batches, same result in eval mode
+    latency_device: str | None = None  # None: the training device
+    check_every: int = 0  # steps between loss checks; 0: every step on CPU, every 50 on CUDA (syncs)
+
+    def __post_init__(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
+        bad = {k: v for k, v in positive.items() if not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"must be positive integers, but got {bad}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, but got lr={self.lr!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), but got momentum={self.momentum!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov momentum needs momentum > 0, but got momentum=0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, but got weight_decay={self.weight_decay!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, but got threads={self.threads!r}")
+        if self.check_every < 0:
+            raise ValueError(f"check_every must be >= 0, but got check_every={self.check_every!r}")
+        _device(self.device)  # raises on a malformed device string
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # epochs completed (1 after the first)
+    val_acc: float  # fraction in [0, 1]
+    val_loss: float
+    train_loss: float  # mean training loss over the epoch
+    elapsed_s: float  # training seconds so far (all epochs, across resumes)
+    images_per_s: float  # training throughput of this epoch (evaluation excluded)
+    lr: float = 0.0  # learning rate of the epoch's last step
+    form: str = "train"  # "train" (masked) or "condensed" at the end of the epoch
+
+
+@dataclass
+class TrainResult:
+    val_acc: float  # fraction in [0, 1], of the deploy form (last epoch's if stopped early)
+    val_loss: float
+    test_acc: float | None  # None unless eval_test
+    epochs: int  # epochs reached
+    train_seconds: float
+    latency_ms: float | None  # None unless measure_latency
+    deploy_max_abs_diff: float | None  # largest training-vs-deploy output gap seen; None if never converted
+    checkpoint_path: str | None
+    stopped_early: bool
+    test_loss: float | None = None
+    deploy_path: str | None = None  # deploy.pt: state_dict of to_deploy(build() at progress 1)
+    condensed_at: float | None = None  # training progress where training switched to the condensed form
+    history: list = field(default_factory=list)  # EpochReport dicts
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite (diverged); ``epoch`` and ``step`` say where."""
+
+    def __init__(self, epoch: int, step: int, loss: float = math.nan, lr: float | None = None):
+        self.epoch, self.step, self.loss, self.lr = epoch, step, loss, lr
+        at_lr = f" at lr={lr:.4g}" if lr is not None else ""
+        super().__init__(f"training loss became {loss} in epoch {epoch}, step {step} (1-based batch of "
+                         f"that epoch){at_lr}: the run diverged; try a lower learning rate")
+
+    def __reduce__(self):  # Ray ships exceptions between processes: rebuild from the fields
+        return type(self), (self.epoch, self.step, self.loss, self.lr)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"invalid device {name!r}: {e}") from None
+
+
+def cosine_lr(iteration: int, total: int, peak: float) -> float:
+    """Official CondenseNet schedule: ``0.5 * peak * (1 + cos(pi * iteration / total))``."""
+    return 0.5 * peak * (1.0 + math.cos(math.pi * iteration / total))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not (cfg.amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(dtype: torch.dtype | None):
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             device: torch.device | str, mean, std,
+             memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+    """Accuracy (fraction) and mean cross-entropy of ``model`` in eval mode on uint8 images ``x``.
+
+    The model's training mode is restored afterwards; an empty set gives (nan, nan).
+    """
+    if len(y) == 0:
+        return math.nan, math.nan
+    device = torch.device(device)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=device)
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        for i in range(0, len(y), batch_size):
+            xb = normalize(x[i:i + batch_size].to(device), mean_t, std_t, memory_format)
+            yb = y[i:i + batch_size].to(device)
+            out = model(xb).float()
+            loss_sum += F.cross_entropy(out, yb, reduction="sum")
+            correct += (out.argmax(1) == yb).sum()
+    finally:
+        model.train(was_training)
+    return correct.item() / len(y), loss_sum.item() / len(y)
+
+
+# --- run state ----------------------------------------------------------------------------------
+
+@dataclass
+class _Run:
+    """Everything that changes while training; what a checkpoint must hold."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    form: str = "train"  # "train" (masked) or "condensed"
+    epoch: int = 0  # epochs completed
+    seconds: float = 0.0  # training seconds so far
+    switch_iteration: int | None = None  # iteration at which training switched to the condensed form
+    probe_pending: bool = True  # masks changed since the last finality probe
+    deploy_diff: float | None = None
+    ties: dict = field(default_factory=dict)  # condensed parameters holding copies of one element
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class _Setup:
+    """What stays fixed during a run."""
+
+    cfg: TrainConfig
+    data: DataSplits
+    device: torch.device
+    augmenter: Augmenter
+    train_x: torch.Tensor  # on the device
+    train_y: torch.Tensor
+    batches: int  # per epoch
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    scheduled: bool  # the model has a mask schedule
+
+    @property
+    def total(self) -> int:
+        return self.cfg.epochs * self.batches
+
+    def check_batch(self) -> torch.Tensor:
+        x = self.data.val_x if len(self.data.val_y) else self.data.train_x
+        return self.augmenter.eval(x[:CHECK_BATCH])
+
+
+# --- condensation -------------------------------------------------------------------------------
+
+def _maybe_condense(run: _Run, setup: _Setup, iteration: int, changed: bool) -> None:
+    """Switch to the condensed form once every mask is final (see the module docstring)."""
+    run.probe_pending |= changed
+    progress = iteration / setup.total
+    if changed or progress < 0.5 or not run.probe_pending:
+        return
+    run.probe_pending = False
+    if masks_final(run.model):
+        _switch_to_condensed(run, setup, iteration)
+
+
+def _switch_to_condensed(run: _Run, setup: _Setup, iteration: int) -> None:
+    model = run.model
+    deployed = to_deploy(model)
+    run.deploy_diff = max(run.deploy_diff or 0.0, check_deploy(model, deployed, setup.check_batch()))
+    optimizer = _make_optimizer(deployed, setup.cfg)
+    sources = element_sources(model, deployed)
+    carry_momentum(run.optimizer, model, optimizer, deployed, sources)
+    run.ties = find_ties(deployed, sources)
+    tie_gradients(deployed, run.ties)
+    deployed.train()
+    run.model = deployed.to(memory_format=setup.memory_format)
+    run.optimizer, run.form, run.switch_iteration = optimizer, "condensed", iteration
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+
+def _check_finite(losses: torch.Tensor, start: int, stop: int, epoch: int, lr: float) -> None:
+    window = losses[start:stop]
+    finite = torch.isfinite(window)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(epoch + 1, start + first + 1, float(window[first]), lr)
+
+
+def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
+    """One pass over the training set; returns (mean training loss, last learning rate)."""
+    cfg, aug, batch = setup.cfg, setup.augmenter, setup.cfg.batch_size
+    check_every = cfg.check_every or (50 if setup.device.type == "cuda" else 1)
+    order = aug.permutation(len(setup.train_y)).to(setup.device)
+    losses = torch.zeros(setup.batches, device=setup.device)
+    run.model.train()
+    checked, lr = 0, cfg.lr
+    for i in range(setup.batches):
+        iteration = epoch * setup.batches + i
+        if run.form == "train" and setup.scheduled:
+            changed = set_progress(run.model, iteration / setup.total)
+            if cfg.condensed_training:
+                _maybe_condense(run, setup, iteration, changed)
+        lr = cosine_lr(iteration, setup.total, cfg.lr)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        idx = order[i * batch:(i + 1) * batch]
+        x = aug.train(setup.train_x[idx]) if cfg.augment else aug.eval(setup.train_x[idx])
+        with _autocast(setup.amp_dtype):
+            loss = F.cross_entropy(run.model(x), setup.train_y[idx])
+        losses[i] = loss.detach()
+        if (i + 1) % check_every == 0:  # before the step: a diverged batch never touches the weights
+            _check_finite(losses, checked, i + 1, epoch, lr)
+            checked = i + 1
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    _check_finite(losses, checked, setup.batches, epoch, lr)
+    return float(losses.mean()), lr
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+def _run_identity(cfg: TrainConfig, data: DataSplits, meta: dict) -> dict:
+    """What must match for a checkpoint to be resumed: the architecture, recipe and data."""
+    runtime = {"device", "threads", "eval_test", "measure_latency", "eval_batch_size", "latency_device",
+               "check_every"}
+    recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in runtime}
+    shape = [data.name, len(data.train_y), len(data.val_y), data.image_size, data.in_channels, data.num_classes]
+    return {"meta": meta, "recipe": recipe, "data": shape}
+
+
+def _save_checkpoint(path: Path, run: _Run, setup: _Setup, identity: dict) -> None:
+    save_atomic({
+        "format": _FORMAT,
+        "identity": identity,
+        "epoch": run.epoch,
+        "form": run.form,
+        "switch_iteration": run.switch_iteration,
+        "probe_pending": run.probe_pending,
+        "deploy_diff": run.deploy_diff,
+        "ties": run.ties,
+        "seconds": run.seconds,
+        "history": run.history,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": capture_rng(setup.augmenter.get_state()),
+    }, path)
+
+
+def _check_identity(path: Path, saved: dict, current: dict) -> None:
+    if saved == current:
+        return
+    diffs = []
+    for part in current:
+        a, b = saved.get(part), current[part]
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{part}.{k}: saved {a.get(k)!r}, now {b.get(k)!r}"
+                      for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{part}: saved {a!r}, now {b!r}")
+    raise ValueError(f"checkpoint {path} belongs to a different run ({'; '.join(diffs)}); "
+                     f"use another checkpoint folder or delete it")
+
+
+def _resume(path: Path, ckpt: dict, run: _Run, setup: _Setup) -> None:
+    """Rebuild the saved form, then load weights, optimizer and random states."""
+    if ckpt.get("format") != _FORMAT:
+        raise ValueError(f"checkpoint {path} has format {ckpt.get('format')!r}, expected {_FORMAT}")
+    if setup.scheduled:
+        # Layers may keep schedule state outside their state_dict: bring them to the last progress
+        # the saved run reported (set_progress applies every stage passed), then load over it.
+        last = ckpt["switch_iteration"] if ckpt["form"] == "condensed" else ckpt["epoch"] * setup.batches - 1
+        if last >= 0:
+            set_progress(run.model, last / setup.total)
+    if ckpt["form"] == "condensed":
+        run.model = to_deploy(run.model).train().to(memory_format=setup.memory_format)
+        run.optimizer = _make_optimizer(run.model, setup.cfg)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    setup.augmenter.set_state(restore_rng(ckpt["rng"]))
+    run.form, run.epoch, run.seconds = ckpt["form"], ckpt["epoch"], ckpt["seconds"]
+    run.switch_iteration, run.probe_pending = ckpt["switch_iteration"], ckpt["probe_pending"]
+    run.deploy_diff, run.history, run.ties = ckpt["deploy_diff"], list(ckpt["history"]), ckpt["ties"]
+    tie_gradients(run.model, run.ties)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def _prepare(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConfig) -> tuple[_Run, _Setup]:
+    device = _device(cfg.device)
+    if device.type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if len(data.train_y) == 0:
+        raise ValueError("the training split is empty")
+    _seed_everything(cfg.seed)
+    memory_format = _memory_format(cfg, device)
+    model = build().to(device=device, memory_format=memory_format)
+    amp_dtype = _amp_dtype(cfg, device)
+    augmenter = Augmenter(data.mean, data.std, device, seed=cfg.seed, hflip=data.hflip,
+                          channels_last=memory_format == torch.channels_last)
+    setup = _Setup(cfg=cfg, data=data, device=device, augmenter=augmenter,
+                   train_x=data.train_x.to(device), train_y=data.train_y.to(device),
+                   batches=max(1, len(data.train_y) // cfg.batch_size), amp_dtype=amp_dtype,
+                   memory_format=memory_format, scheduled=has_schedule(model))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return _Run(model=model, optimizer=_make_optimizer(model, cfg), scaler=scaler), setup
+
+
+def _finish(run: _Run, setup: _Setup, directory: Path | None) -> dict:
+    """Convert to the deploy form, check it, measure final metrics on it, save its weights."""
+    cfg, data = setup.cfg, setup.data
+    deployed = to_deploy(run.model).to(memory_format=setup.memory_format)
+    diff = check_deploy(run.model, deployed, setup.check_batch())
+    out: dict[str, Any] = {"deploy_max_abs_diff": max(diff, run.deploy_diff or 0.0)}
+    ev = (cfg.eval_batch_size, setup.device, data.mean, data.std, setup.memory_format)
+    out["val_acc"], out["val_loss"] = evaluate(deployed, data.val_x, data.val_y, *ev)
+    if cfg.eval_test:
+        out["test_acc"], out["test_loss"] = evaluate(deployed, data.test_x, data.test_y, *ev)
+    if directory is not None:
+        save_atomic(deployed.state_dict(), directory / DEPLOY_NAME)
+        out["deploy_path"] = str(directory / DEPLOY_NAME)
+    if cfg.measure_latency:
+        out["latency_ms"] = measure_latency(deployed, data.image_size, data.in_channels,
+                                            cfg.latency_device or str(setup.device))
+    return out
+
+
+def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConfig,
+                report: Callable[[EpochReport], bool | None] | None = None,
+                checkpoint_dir: str | Path | None = None, meta: dict | None = None) -> TrainResult:
+    """Train the network ``build()`` returns; see :func:`train` (``meta`` identifies the run in
+    checkpoints: resuming with a different one raises)."""
+    run, setup = _prepare(build, data, cfg)
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt_path = directory / CHECKPOINT_NAME if directory is not None else None
+    identity = _run_identity(cfg, data, meta or {})
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None:
+        _check_identity(ckpt_path, ckpt.get("identity") or {}, identity)
+        _resume(ckpt_path, ckpt, run, setup)
+    stopped = False
+    ev = (cfg.eval_batch_size, setup.device, data.mean, data.std, setup.memory_format)
+    while run.epoch < cfg.epochs and not stopped:
+        start = time.perf_counter()
+        train_loss, lr = _train_epoch(run, setup, run.epoch)
+        train_time = time.perf_counter() - start
+        val_acc, val_loss = evaluate(run.model, data.val_x, data.val_y, *ev)
+        run.epoch += 1
+        run.seconds += time.perf_counter() - start
+        epoch_report = EpochReport(run.epoch, val_acc, val_loss, train_loss, run.seconds,
+                                   setup.batches * cfg.batch_size / train_time, lr, run.form)
+        run.history.append(dataclasses.asdict(epoch_report))
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, run, setup, identity)
+        stopped = report is not None and report(epoch_report) is False and run.epoch < cfg.epochs
+    last = run.history[-1] if run.history else {"val_acc": math.nan, "val_loss": math.nan}
+    final: dict[str, Any] = {"val_acc": last["val_acc"], "val_loss": last["val_loss"],
+                             "deploy_max_abs_diff": run.deploy_diff}
+    if not stopped:
+        start = time.perf_counter()
+        final.update(_finish(run, setup, directory))
+        run.seconds += time.perf_counter() - start
+    condensed_at = run.switch_iteration / setup.total if run.switch_iteration is not None else None
+    return TrainResult(
+        val_acc=final["val_acc"], val_loss=final["val_loss"], test_acc=final.get("test_acc"),
+        epochs=run.epoch, train_seconds=run.seconds, latency_ms=final.get("latency_ms"),
+        deploy_max_abs_diff=final["deploy_max_abs_diff"],
+        checkpoint_path=str(ckpt_path) if ckpt_path is not None else None, stopped_early=stopped,
+        test_loss=final.get("test_loss"), deploy_path=final.get("deploy_path"),
+        condensed_at=condensed_at, history=run.history,
+    )
+
+
+def _knobs_json(knobs: Any) -> Any:
+    return dataclasses.asdict(knobs) if dataclasses.is_dataclass(knobs) else repr(knobs)
+
+
+def train(family: str, knobs: Any, data: DataSplits, cfg: TrainConfig,
+          report: Callable[[EpochReport], bool | None] | None = None,
+          checkpoint_dir: str | Path | None = None) -> TrainResult:
+    """Train ``family`` with ``knobs`` on ``data``; final metrics on the deploy form.
+
+    Args:
+        report: called after every epoch; returning False stops training after that epoch (early
+            stopping by a scheduler): the result then holds that epoch's metrics, no deploy step.
+        checkpoint_dir: a checkpoint is written there after every epoch (atomically), and training
+            resumes from it if one exists; the deploy weights are saved there as ``deploy.pt``
+            (state_dict of ``to_deploy`` of the built network at progress 1).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite.
+        DeployMismatchError: the deploy form computes something else than the training form.
+        ValueError: a checkpoint in ``checkpoint_dir`` belongs to a different run.
+    """
+    from space.registry import build_model
+
+    def build() -> nn.Module:
+        return build_model(family, knobs, num_classes=data.num_classes, image_size=data.image_size,
+                           in_channels=data.in_channels)
+
+    return train_model(build, data, cfg, report, checkpoint_dir,
+                       meta={"family": family, "knobs": _knobs_json(knobs)})
