@@ -175,6 +175,8 @@ def _coerce(value: Any, tp: Any, path: str, key: str) -> Any:
         return _coerce(value, inner, path, key)
     if dataclasses.is_dataclass(tp):
         return _parse_section(tp, value, path, key)
+    if tp is float and isinstance(value, str):
+        value = _yaml11_float(value)
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -190,6 +192,15 @@ def _coerce(value: Any, tp: Any, path: str, key: str) -> Any:
     if tp is tuple:
         return tuple(value)
     return value
+
+
+def _yaml11_float(text: str):
+    """PyYAML follows YAML 1.1, where ``2.0e7`` (no exponent sign) is a string; accept it as a number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if value == value and abs(value) != float("inf") else text
 
 
 def _parse_section(cls: type, raw: Any, path: str, key: str):

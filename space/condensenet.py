@@ -65,7 +65,9 @@ from space.registry import Family, PaperFigures, Preset, register_family, regist
 __all__ = ["CondenseNetKnobs", "DenseLayer", "CondenseNet", "build", "search_space", "sample"]
 
 FAMILY = "condensenet"
-MAX_STAGES = 5
+MAX_STAGES = 5          # knobs accept up to 5 stages (the ImageNet models)
+SEARCH_STAGES = (3, 4)  # the default space: CIFAR-sized inputs (32 -> 8 or 4 pixels)
+SEARCH_MAX_LAYERS = 16  # per stage; a meta build costs ~0.6 ms per dense layer
 
 
 # --- knobs --------------------------------------------------------------------------------------
@@ -199,8 +201,7 @@ class CondenseNet(nn.Module):
     def __init__(self, knobs: CondenseNetKnobs, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         self.knobs = knobs
-        self.stem = Conv2d(in_channels, knobs.stem_channels, 3, stride=knobs.stem_stride,
-                              padding=1, bias=False)
+        self.stem = Conv2d(in_channels, knobs.stem_channels, 3, stride=knobs.stem_stride, padding=1, bias=False)
         self.stages = nn.Sequential(*[self._stage(knobs, s) for s in range(knobs.num_stages)])
         width = knobs.out_channels
         self.final_norm = BatchNorm2d(width)
@@ -271,7 +272,7 @@ _POW2 = (1, 2, 4, 8)
 def search_space() -> dict:
     """Wide default space over CIFAR-sized CondenseNets (names are database keys: keep them)."""
     space = {
-        f"{FAMILY}.num_stages": choice((3, 4, 5)),
+        f"{FAMILY}.num_stages": choice(SEARCH_STAGES),
         f"{FAMILY}.bottleneck": int_range(1, 8),
         f"{FAMILY}.condense_factor": choice(_POW2),
         f"{FAMILY}.groups_1x1": choice(_POW2),
@@ -281,15 +282,15 @@ def search_space() -> dict:
         f"{FAMILY}.sfr_groups": choice(_POW2),
         f"{FAMILY}.stem_channels": int_range(8, 64, step=8),
         f"{FAMILY}.stem_stride": choice((1, 2)),
-        f"{FAMILY}.se_start": choice(tuple(range(-1, MAX_STAGES))),
-        f"{FAMILY}.hs_start": choice(tuple(range(-1, MAX_STAGES))),
+        f"{FAMILY}.se_start": choice(tuple(range(-1, max(SEARCH_STAGES)))),
+        f"{FAMILY}.hs_start": choice(tuple(range(-1, max(SEARCH_STAGES)))),
         f"{FAMILY}.se_reduction": choice((1, 2, 4)),
         f"{FAMILY}.last_se_reduction": choice((0, 4, 16)),
         f"{FAMILY}.head_channels": choice((0, 256, 512, 1024)),
         f"{FAMILY}.dropout": float_range(0.0, 0.2, step=0.05),
     }
-    for s in range(MAX_STAGES):
-        space[f"{FAMILY}.layers.{s}"] = int_range(1, 24)
+    for s in range(max(SEARCH_STAGES)):
+        space[f"{FAMILY}.layers.{s}"] = int_range(1, SEARCH_MAX_LAYERS)
         space[f"{FAMILY}.growth.{s}"] = int_range(8, 128, step=8)
     return space
 

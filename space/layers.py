@@ -334,7 +334,8 @@ class LearnedGroupConv(_Scheduled):
 
     def lasso_loss(self) -> torch.Tensor:
         """Group-lasso term of the official code: sum over (group, input) of the L2 norm of the
-        group's masked weights from that input; zero once the final stage is reached."""
+        group's masked weights from that input; zero once the final stage is reached (the official
+        code tests ``groups - 1`` instead of ``condense_factor - 1``, the same when G = C)."""
         if self._stage_int >= self.final_stage:
             return self.conv.weight.new_zeros(())
         w = (self.conv.weight * self.conv.mask)[:, :, 0, 0].pow(2)

@@ -101,7 +101,8 @@ def _official_flops(model: nn.Module, image_size: int) -> int:
         nonlocal total
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
-            total += output[0].numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output[0].numel() * per_output
         elif isinstance(module, nn.Linear):
             total += module.weight.numel()
         elif isinstance(module, (nn.ReLU, nn.Hardswish, SqueezeExcite, nn.AdaptiveAvgPool2d)):
@@ -282,7 +283,8 @@ def test_search_space_is_static_and_prefixed():
     a, b = cn.search_space(), cn.search_space()
     assert a == b and list(a) == list(b)
     assert all(name.startswith("condensenet.") for name in a)
-    assert {"condensenet.layers.4", "condensenet.growth.0", "condensenet.sfr_factor"} <= set(a)
+    assert {"condensenet.layers.3", "condensenet.growth.0", "condensenet.sfr_factor"} <= set(a)
+    assert "condensenet.layers.4" not in a
 
 
 def test_samples_are_valid_by_construction():

@@ -256,6 +256,9 @@ def test_models_reload_with_load_model(tmp_path: Path):
          checkpoint=str(ckpt_dir / "checkpoint.pt"))
     _add(study, "trained", [0.6, 1e6, 1e4], family=family.name, knobs=knobs, **data,
          checkpoint=str(tmp_path / "checkpoints" / "gone" / "checkpoint.pt"))
+    stale = tmp_path / "out" / "models" / "trial_1.pt"  # left by an earlier export
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     lines: list[str] = []
     doc = export_study(study, tmp_path / "out", models=True, log=lines.append)
     by_trial = {m["trial"]: m for m in doc["members"]}
@@ -264,6 +267,7 @@ def test_models_reload_with_load_model(tmp_path: Path):
     missing = by_trial[1]
     assert missing["weights"] is None and "deploy weights not found" in missing["weights_error"]
     assert any(line.startswith("trial 1: no model exported") for line in lines)
+    assert not stale.exists()
 
     member = by_trial[0]
     assert member["weights"] == "models/trial_0.pt" and member["model"] == "models/trial_0.json"
@@ -283,6 +287,7 @@ def test_models_reload_with_load_model(tmp_path: Path):
     if member["onnx"] is None:
         assert member["onnx_error"]  # recorded, not raised
         return
+    assert member["onnx_check"]
     onnx = pytest.importorskip("onnx", reason="onnx not installed: the ONNX file is not run")
     from onnx.reference import ReferenceEvaluator
 
@@ -317,5 +322,5 @@ def test_mistranslated_onnx_is_refused_not_written(tmp_path: Path):
     entry = {"trial": 4, "macs": 9}
     _export_onnx(entry, torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten()).eval(),
                  {"image_size": 1, "in_channels": 3}, tmp_path, "trial_4")
-    assert entry["onnx"] == "models/trial_4.onnx" and entry["onnx_checked_with"]
+    assert entry["onnx"] == "models/trial_4.onnx" and entry["onnx_check"].startswith("same outputs")
     assert (tmp_path / "trial_4.onnx").stat().st_size > 0

@@ -210,7 +210,8 @@ def test_deployed_lgc_is_trainable():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(in_channels=10, out_channels=8, groups=2, condense_factor=4), "in_channels=10 must be divisible by condense_factor=4"),
+    (dict(in_channels=10, out_channels=8, groups=2, condense_factor=4),
+     "in_channels=10 must be divisible by condense_factor=4"),
     (dict(in_channels=8, out_channels=6, groups=4, condense_factor=4), "out_channels=6 must be divisible by groups=4"),
     (dict(in_channels=8, out_channels=8, groups=0, condense_factor=4), "groups must be a positive integer"),
     (dict(in_channels=8, out_channels=8, groups=2, condense_factor=2.0), "condense_factor must be a positive integer"),
@@ -309,7 +310,8 @@ def test_sfr_deploy_on_meta_and_lasso():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(in_channels=6, out_channels=8, groups=4, sparse_factor=4), "in_channels=6 must be divisible by groups=4"),
-    (dict(in_channels=8, out_channels=10, groups=4, sparse_factor=4), "out_channels=10 must be divisible by sparse_factor=4"),
+    (dict(in_channels=8, out_channels=10, groups=4, sparse_factor=4),
+     "out_channels=10 must be divisible by sparse_factor=4"),
     (dict(in_channels=8, out_channels=8, groups=4, sparse_factor=-1), "sparse_factor must be a positive integer"),
 ])
 def test_sfr_rejects_bad_arguments(kwargs, match):

@@ -1,0 +1,197 @@
+"""The sweep driver on a real local Ray instance and a real SQLite study.
+
+Most tests use stand-in trial functions (search.testing) so they check the orchestration itself:
+budget pre-filter, dedup, resume, retries, ASHA. One test trains for real, end to end.
+"""
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.config import parse_study
+from search.errors import SearchSpaceExhausted, StudyLockedError
+from search.pareto import non_dominated, pareto_front
+from search.runner import Sweep, family_spaces, propose
+from search.study import load_existing_study, open_study, trial_status
+from search import testing
+
+pytestmark = pytest.mark.slow
+
+TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "layers.2": [1, 2],
+                    "growth.0": [8, 16], "growth.1": [8, 16], "growth.2": [8, 16], "bottleneck": [1, 2],
+                    "stem_channels": [8, 16], "se_start": -1, "hs_start": -1, "head_channels": 0,
+                    "dropout": 0.0, "stem_stride": 1, "last_se_reduction": 0}
+TINY_SLIMCONV = {"layers.0": 1, "layers.1": 1, "layers.2": 1, "layers.3": 1, "base_width": [8, 16],
+                 "groups": 1, "width_mult": [1, 2], "stem": "cifar"}
+
+
+def _cfg(tmp_path, **changes) -> "StudyConfig":  # noqa: F821
+    raw = {
+        "study": "t", "run_dir": str(tmp_path / "run"),
+        "data": {"dataset": "digits", "val_size": 200, "train_size": 600, "image_size": 16},
+        "families": {"condensenet": {"knobs": TINY_CONDENSENET}, "slimconv": {"knobs": TINY_SLIMCONV}},
+        "budget": {"n_trials": 4}, "fidelity": {"epochs": 1},
+        "sampler": {"name": "random", "seed": 0},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2},
+    }
+    for path, value in changes.items():
+        node = raw
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return parse_study(copy.deepcopy(raw), str(tmp_path / "t.yaml"))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from trainers.data import DataConfig, load_data
+
+    return load_data(DataConfig(dataset="digits", val_size=200, train_size=600, image_size=16))
+
+
+def _statuses(cfg) -> list[str]:
+    return [trial_status(t) for t in load_existing_study(cfg.storage_url, cfg.study).get_trials()]
+
+
+def test_end_to_end_real_training(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 3})
+    summary = Sweep(cfg, data=digits, log=lambda _: None).run()
+    assert summary.trained == 3
+    study = load_existing_study(cfg.storage_url, "t")
+    trained = [t for t in study.get_trials() if trial_status(t) == "trained"]
+    assert len(trained) == 3
+    for t in trained:
+        rec = t.user_attrs["record"]
+        assert rec["family"] in ("condensenet", "slimconv") and rec["epochs"] == 1
+        assert 0.0 <= rec["val_acc"] <= 1.0 and rec["test_acc"] is not None
+        assert t.values[1] == rec["macs"] and t.values[2] == rec["params"]
+        assert rec["train_seconds"] > 0 and rec["checkpoint"]
+    assert pareto_front(study)
+
+
+def test_over_budget_architectures_are_never_trained(tmp_path, ray_local, digits):
+    space = family_spaces(_cfg(tmp_path))
+    cfg = _cfg(tmp_path, constraints={"max_params": 12000}, budget={"n_trials": 3, "max_stalls": 200},
+               sampler={"name": "tpe", "seed": 1})
+    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+    trials = load_existing_study(cfg.storage_url, "t").get_trials()
+    infeasible = [t for t in trials if trial_status(t) == "infeasible"]
+    trained = [t for t in trials if trial_status(t) == "trained"]
+    assert infeasible and len(trained) == 3
+    for t in infeasible:
+        rec = t.user_attrs["record"]
+        assert rec["params"] > 12000 and t.user_attrs["constraints"][0] > 0
+        assert "worker_seconds" not in rec  # no worker ever saw it
+    assert all(t.user_attrs["record"]["params"] <= 12000 for t in trained)
+    assert space  # the narrowed space was usable
+
+
+def test_duplicates_are_not_trained_again_and_stall_ends_the_sweep(tmp_path, ray_local, digits):
+    fixed = {k: (v[0] if isinstance(v, list) else v) for k, v in TINY_SLIMCONV.items()}
+    fixed.update({"k": "4/3", "reduction": 4, "min_hidden": 1, "flip": True})
+    cfg = _cfg(tmp_path, families={"slimconv": {"knobs": fixed}}, budget={"n_trials": 2, "max_stalls": 3})
+    with pytest.raises(SearchSpaceExhausted, match="already trained"):
+        Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+    study = load_existing_study(cfg.storage_url, "t")
+    statuses = [trial_status(t) for t in study.get_trials()]
+    assert statuses.count("trained") == 1 and statuses.count("duplicate") == 3
+    dup = next(t for t in study.get_trials() if trial_status(t) == "duplicate")
+    assert dup.user_attrs["record"]["duplicate_of"] == 0
+
+
+def test_resume_requeues_interrupted_trials_and_extends(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 3})
+    study = open_study(cfg)
+    orphan = study.ask()
+    propose(orphan, family_spaces(cfg))  # a dead driver left this one RUNNING
+    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+    study = load_existing_study(cfg.storage_url, "t")
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and "interrupted" in first.user_attrs["failure_reason"]
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.params == first.params and trial_status(retry) == "trained"
+    assert _statuses(cfg).count("trained") == 3
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    # Run again: the budget is met, nothing new; --n-trials 2: exactly two more.
+    assert Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run().trained == 0
+    Sweep(cfg, n_more=2, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+    assert _statuses(cfg).count("trained") == 5
+
+
+@pytest.mark.parametrize("fn,kind,n_failed", [
+    (testing.failing_trial, "exception", 2),     # retried once, then final
+    (testing.nonfinite_trial, "nonfinite", 1),   # a diverged configuration is not retried
+    (testing.dying_trial, "worker_died", 2),     # the worker process died; a new worker takes over
+])
+def test_failures_are_recorded_and_retried(tmp_path, ray_local, digits, fn, kind, n_failed):
+    cfg = _cfg(tmp_path, budget={"n_trials": 1}, retry={"max_retries": 1})
+    Sweep(cfg, trial_fn=fn, data=digits, log=lambda _: None).run()
+    trials = load_existing_study(cfg.storage_url, "t").get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == n_failed == len(trials)
+    assert all(t.user_attrs["record"]["failure_kind"] == kind for t in failed)
+    assert failed[-1].user_attrs["final"] is True
+    assert all(t.params == failed[0].params for t in failed)
+    assert failed[0].user_attrs["record"]["failure_reason"]
+
+
+def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 10},
+               fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
+               resources={"cpus_per_trial": 1, "max_concurrent": 1})
+    Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lambda _: None).run()
+    study = load_existing_study(cfg.storage_url, "t")
+    stopped = [t for t in study.get_trials() if trial_status(t) == "stopped"]
+    assert stopped and all(t.state == TrialState.PRUNED for t in stopped)
+    assert all(t.user_attrs["record"]["fidelity_reached"] < 4 for t in stopped)
+    front = {m.number for m in pareto_front(study)}
+    assert front and not front & {t.number for t in stopped}
+    complete = [t for t in study.get_trials() if trial_status(t) == "trained"]
+    brute = {complete[i].number for i in non_dominated([list(t.values) for t in complete],
+                                                        ["maximize", "minimize", "minimize"])}
+    assert front == brute
+
+
+def test_second_driver_on_sqlite_study_is_refused(tmp_path):
+    import fcntl
+    import os
+
+    cfg = _cfg(tmp_path)
+    lock = cfg.run_path / "driver.lock"
+    lock.parent.mkdir(parents=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(StudyLockedError, match="another driver"):
+            Sweep(cfg, trial_fn=testing.cheap_trial, log=lambda _: None).run()
+    finally:
+        os.close(fd)
+    assert not (cfg.run_path / "study.db").exists()
+
+
+def test_objectives_must_match_existing_study(tmp_path):
+    from search.errors import StorageError
+
+    open_study(_cfg(tmp_path))
+    with pytest.raises(StorageError, match="differ from those the study"):
+        open_study(_cfg(tmp_path, objectives=["accuracy", "macs"]))
+
+
+def test_optuna_record_has_only_json_user_attrs(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 2})
+    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+    storage = optuna.storages.RDBStorage(cfg.storage_url)
+    assert storage.get_all_studies()[0].study_name == "t"

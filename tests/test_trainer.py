@@ -1,0 +1,252 @@
+"""The trainer (trainers.train): condensation switch, checkpoint/resume, divergence, deploy step.
+
+Mechanics are tested on a tiny network built from the shared learned layers (learned group
+convolution and sparse feature reactivation of ``space.layers``) on scikit-learn's digits, so
+each run takes well under a second; the last test trains every registered family on real CIFAR-10.
+"""
+from __future__ import annotations
+
+import math
+import pickle
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from space.convert import set_progress, to_deploy
+from space.layers import LearnedGroupConv, SparseFeatureReactivation
+from trainers.checkpoint import CHECKPOINT_NAME, DEPLOY_NAME
+from trainers.data import DataConfig, load_data
+from trainers.latency import measure_latency
+from trainers.train import (EpochReport, NonFiniteLossError, TrainConfig, evaluate, train, train_model)
+
+
+class TinyNet(nn.Module):
+    """stem -> LGC (2 groups, C=2) -> SFR added back -> concat -> BN-ReLU -> 2x2 pool -> linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
+        self.lgc = LearnedGroupConv(8, 16, groups=2, condense_factor=2)
+        self.sfr = SparseFeatureReactivation(16, 8, groups=2, sparse_factor=2)
+        self.norm = nn.BatchNorm2d(24)
+        self.fc = nn.Linear(24 * 4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.lgc(x)
+        z = torch.cat([x + self.sfr(y), y], dim=1)
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.norm(z)), 2).flatten(1))
+
+
+class NaNAfter(TinyNet):
+    """Returns NaN logits from the ``n``-th training-mode forward pass on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.n:
+                return out * math.nan
+        return out
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig("digits", val_size=300, test_size=200))  # 1,137 training images
+
+
+# 1,137 // 64 = 17 batches per epoch, 51 iterations in 3 epochs. C = 2: the single condensing
+# stage falls on the first iteration with progress >= 0.5 (26 / 51); the next one (27) changes
+# nothing, the probe confirms it, and training switches to the condensed form.
+CFG = TrainConfig(epochs=3, seed=1)
+SWITCH = 27 / 51
+
+
+def _weights(path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def test_trains_condenses_and_deploys(digits, tmp_path):
+    reports: list[EpochReport] = []
+    result = train_model(TinyNet, digits, CFG, report=reports.append, checkpoint_dir=tmp_path)
+    assert [r.epoch for r in reports] == [1, 2, 3] and result.epochs == 3 and not result.stopped_early
+    assert [r.form for r in reports] == ["train", "condensed", "condensed"]
+    assert result.condensed_at == pytest.approx(SWITCH)
+    assert result.deploy_max_abs_diff < 1e-4
+    # chance is 0.1; this network reaches about 0.77 in 3 epochs; 0.5 leaves room for noise
+    assert result.val_acc > 0.5 and result.test_acc is None
+    assert reports[-1].val_acc == pytest.approx(result.val_acc, abs=1 / 300)  # same net, deploy form
+    assert all(r.images_per_s > 0 and r.elapsed_s > 0 for r in reports)
+    # deploy.pt loads into the deploy form of a freshly built network at progress 1
+    deployed = to_deploy(_at_progress(TinyNet(), 1.0))
+    deployed.load_state_dict(_weights(tmp_path / DEPLOY_NAME))
+    acc, _ = evaluate(deployed, digits.val_x, digits.val_y, 256, "cpu", digits.mean, digits.std)
+    assert acc == pytest.approx(result.val_acc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, DEPLOY_NAME]  # no temp files
+
+
+def _at_progress(model: nn.Module, progress: float) -> nn.Module:
+    set_progress(model, progress)
+    return model
+
+
+def test_condensed_training_follows_masked_training(digits, tmp_path):
+    """Same SGD steps in both forms (momentum carried, duplicated BN copies tied): same result."""
+    masked = train_model(TinyNet, digits, TrainConfig(**{**CFG.__dict__, "condensed_training": False}),
+                         checkpoint_dir=tmp_path / "masked")
+    condensed = train_model(TinyNet, digits, CFG, checkpoint_dir=tmp_path / "condensed")
+    assert masked.condensed_at is None and condensed.condensed_at == pytest.approx(SWITCH)
+    a, b = _weights(tmp_path / "masked" / DEPLOY_NAME), _weights(tmp_path / "condensed" / DEPLOY_NAME)
+    for name in a:  # 24 steps after the switch: only float rounding apart
+        assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-3, atol=1e-4), name
+    assert masked.val_acc == pytest.approx(condensed.val_acc, abs=2 / 300)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("crash_after", [1, 2])  # in masked form / after the switch to condensed form
+def test_resume_equals_uninterrupted_run(digits, tmp_path, crash_after):
+    straight = train_model(TinyNet, digits, CFG, checkpoint_dir=tmp_path / "straight")
+
+    def crash(report: EpochReport) -> None:
+        if report.epoch == crash_after:
+            raise Crash  # the checkpoint of this epoch is on disk; the process "dies" here
+
+    with pytest.raises(Crash):
+        train_model(TinyNet, digits, CFG, report=crash, checkpoint_dir=tmp_path / "resumed")
+    saved = torch.load(tmp_path / "resumed" / CHECKPOINT_NAME, weights_only=True)
+    assert saved["epoch"] == crash_after and saved["form"] == ("train" if crash_after == 1 else "condensed")
+    assert {"model", "optimizer", "rng", "form", "epoch"} <= set(saved)
+    torch.manual_seed(123)  # a fresh process: other global random states
+    random.seed(123)
+    seen: list[int] = []
+    resumed = train_model(TinyNet, digits, CFG, report=lambda r: seen.append(r.epoch),
+                          checkpoint_dir=tmp_path / "resumed")
+    assert seen == list(range(crash_after + 1, 4))
+    assert resumed.val_acc == straight.val_acc and resumed.epochs == 3
+    assert resumed.condensed_at == straight.condensed_at
+    assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in straight.history]
+    a, b = _weights(tmp_path / "straight" / DEPLOY_NAME), _weights(tmp_path / "resumed" / DEPLOY_NAME)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_run(digits, tmp_path):
+    def stop(report: EpochReport) -> bool:
+        return False
+
+    train_model(TinyNet, digits, CFG, report=stop, checkpoint_dir=tmp_path)
+    other = TrainConfig(**{**CFG.__dict__, "lr": 0.2})
+    with pytest.raises(ValueError, match=r"different run \(recipe.lr: saved 0.1, now 0.2\)"):
+        train_model(TinyNet, digits, other, checkpoint_dir=tmp_path)
+
+
+def test_report_false_stops_early(digits, tmp_path):
+    result = train_model(TinyNet, digits, CFG, report=lambda r: r.epoch < 2, checkpoint_dir=tmp_path)
+    assert result.stopped_early and result.epochs == 2 and result.deploy_path is None
+    assert result.val_acc == result.history[-1]["val_acc"]
+    assert not (tmp_path / DEPLOY_NAME).exists()
+
+
+def test_injected_nan_names_epoch_and_step(digits):
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 3") as info:
+        train_model(lambda: NaNAfter(17 + 3), digits, CFG)  # 17 batches per epoch
+    assert (info.value.epoch, info.value.step) == (2, 3) and math.isnan(info.value.loss)
+    copy = pickle.loads(pickle.dumps(info.value))  # crosses process boundaries intact
+    assert (copy.epoch, copy.step, str(copy)) == (2, 3, str(info.value))
+
+
+def test_huge_learning_rate_diverges(digits):
+    with pytest.raises(NonFiniteLossError) as info:
+        train_model(TinyNet, digits, TrainConfig(epochs=3, lr=1e6))
+    assert info.value.epoch == 1 and 1 <= info.value.step <= 17
+
+
+def test_eval_test_and_latency(digits):
+    cfg = TrainConfig(epochs=1, eval_test=True, measure_latency=True)
+    result = train_model(TinyNet, digits, cfg)
+    assert 0.0 <= result.test_acc <= 1.0 and result.test_loss > 0 and result.latency_ms > 0
+    assert result.checkpoint_path is None and result.deploy_path is None
+
+
+def test_evaluate_matches_a_direct_computation(digits):
+    torch.manual_seed(0)
+    model = TinyNet().train()
+    acc, loss = evaluate(model, digits.val_x, digits.val_y, 64, "cpu", digits.mean, digits.std)
+    assert model.training  # mode restored
+    model.eval()
+    x = (digits.val_x.float() / 255 - digits.mean[0]) / digits.std[0]
+    with torch.no_grad():
+        out = model(x)
+    assert acc == pytest.approx((out.argmax(1) == digits.val_y).float().mean().item())
+    assert loss == pytest.approx(F.cross_entropy(out, digits.val_y).item(), rel=1e-5)
+
+
+def test_measure_latency_restores_mode():
+    model = TinyNet().train()
+    assert measure_latency(model, 8, in_channels=1, repeats=3, warmup=1) > 0 and model.training
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        measure_latency(model, 8, repeats=0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "positive integers"),
+    ({"batch_size": 2.5}, "positive integers"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"momentum": 1.0}, r"momentum must lie in \[0, 1\)"),
+    ({"momentum": 0.0}, "nesterov momentum needs momentum > 0"),
+    ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+    ({"threads": 0}, "threads must be >= 1"),
+    ({"device": "gpu:x"}, "invalid device 'gpu:x'"),
+])
+def test_bad_train_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+# --- every registered family on real CIFAR-10 -------------------------------------------------------
+
+def _smallest(space: dict):
+    """``draw`` returning the smallest value of each distribution (first choice of categoricals):
+    the cheapest corner of the family's search space, valid by construction like any sample."""
+    from optuna.distributions import CategoricalDistribution
+
+    def draw(name: str):
+        dist = space[name]
+        return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+
+    return draw
+
+
+def _families() -> list[str]:
+    import space
+
+    return space.list_families()
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("family", _families())
+def test_family_learns_real_cifar10(family, cifar10_dir):
+    """2,000 real CIFAR-10 images at 16x16, 3 epochs, the cheapest corner of the family's space.
+
+    Threshold 0.2 val accuracy on 500 images: chance is 0.1 (binomial std 0.013), so 0.2 is more
+    than seven standard deviations above guessing; these tiny networks reach about 0.3.
+    """
+    from space.registry import get_family
+
+    fam = get_family(family)
+    knobs = fam.sample(_smallest(fam.search_space()))
+    data = load_data(DataConfig("npz", root=str(cifar10_dir), train_size=2000, val_size=500, test_size=0,
+                                image_size=16))
+    result = train(family, knobs, data, TrainConfig(epochs=3, threads=1))
+    assert result.val_acc > 0.2, (family, knobs, result.history)
+    assert result.deploy_max_abs_diff is not None and result.deploy_max_abs_diff < 1e-3
