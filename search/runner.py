@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.asha import Asha
 from search.config import StudyConfig
 from search.errors import SearchSpaceExhausted, StudyLockedError
-from search.study import arch_key, open_study, sqlite_path, trial_status
+from search.study import arch_key, open_study, set_constraints, sqlite_path, trial_status
 
 __all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
 
@@ -67,19 +67,20 @@ def propose(trial, spaces: dict[str, dict]) -> tuple[str, Any]:
     return family, get_family(family).sample(draw_from_trial(trial, spaces[family]))
 
 
-def price(cfg: StudyConfig, family: str, knobs, data_meta: dict) -> tuple[dict, list[float]]:
-    """Costs of an architecture and its constraint values (<= 0 is feasible, Optuna's convention)."""
+def price(cfg: StudyConfig, family: str, knobs, data_meta: dict) -> tuple[dict, dict[str, float]]:
+    """Costs of an architecture and its constraint values (<= 0 is feasible, Optuna's convention),
+    relative to the limit so that samplers see comparable magnitudes."""
     from space.cost import measure
 
     cost = measure(family, knobs, num_classes=data_meta["num_classes"], image_size=data_meta["image_size"],
                    in_channels=data_meta["in_channels"]).as_dict()
     c = cfg.constraints
-    constraints = []
+    constraints = {}
     if c.max_macs is not None:
-        constraints.append(cost["macs"] / c.max_macs - 1.0)
+        constraints["max_macs"] = cost["macs"] / c.max_macs - 1.0
     if c.max_params is not None:
-        constraints.append(cost["params"] / c.max_params - 1.0)
-    return cost, constraints or [0.0]
+        constraints["max_params"] = cost["params"] / c.max_params - 1.0
+    return cost, constraints
 
 
 def budget_used(trials: list[FrozenTrial]) -> int:
@@ -230,10 +231,8 @@ class Sweep:
         return make_asha_actor(rule)
 
     # -- one proposal ---------------------------------------------------------------------------
-    def _tell_without_training(self, study, trial, status: str, values, attrs: dict) -> None:
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        trial.set_user_attr("status", status)
+    def _tell_without_training(self, study, trial, status: str, values, rec: dict) -> None:
+        self._write_record(trial, {**rec, "status": status})
         if values is None:
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -255,8 +254,11 @@ class Sweep:
             self.costs[key] = price(self.cfg, family, knobs, self.data_meta)
         cost, constraints = self.costs[key]
         rec = {"family": family, "knobs": knobs_d, "arch_key": key, "fidelity": self.fidelity,
-               "constraints": constraints, **self.data_meta, **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")}}
-        if max(constraints) > 0:
+               "constraints": list(constraints.values()) or [0.0], **self.data_meta, **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")}}
+        if constraints and max(constraints.values()) > 0:
+            if self.cfg.constraints.max_latency_ms is not None:
+                constraints = {**constraints, "max_latency_ms": 0.0}  # never measured: no verdict
+            set_constraints(trial, constraints)
             self._tell_without_training(study, trial, "infeasible", self._objective_values(0.0, cost, None), rec)
             self.summary.infeasible += 1
             self.stalls += 1
@@ -266,6 +268,8 @@ class Sweep:
             self._record_duplicate(study, trial, key, rec)
             return False
         rec["attempt"] = trial.user_attrs.get("attempt", 0)
+        if constraints and self.cfg.constraints.max_latency_ms is None:
+            set_constraints(trial, constraints)  # else set with the measured latency on return
         trial.set_user_attr("record_pending", rec)  # one write now; the full record lands with the result
         spec = self._spec(trial.number, family, knobs_d, key)
         worker = self.idle_workers.pop()
@@ -277,7 +281,8 @@ class Sweep:
 
     def _record_duplicate(self, study, trial, key: str, rec: dict) -> None:
         original = self.known.get(key)
-        rec = {**rec, "duplicate_of": original.number if original else None}
+        running = next((f.trial.number for f in self.inflight.values() if f.key == key), None)
+        rec = {**rec, "duplicate_of": original.number if original else running}
         values = list(original.values) if original is not None and original.values else None
         self._tell_without_training(study, trial, "duplicate", values, rec)
         self.summary.duplicate += 1
@@ -305,6 +310,12 @@ class Sweep:
         rec.update({k: v for k, v in out.items() if k not in ("status", "traceback")})
         rec["status"] = status
         self.summary.nodes.add(out.get("node"))
+        limit = self.cfg.constraints.max_latency_ms
+        if limit is not None and out.get("latency_ms") is not None:
+            latency_c = out["latency_ms"] / limit - 1.0
+            cost_constraints = self.costs[flight.key][1]
+            rec["constraints"] = [*cost_constraints.values(), latency_c]
+            set_constraints(trial, {**cost_constraints, "max_latency_ms": latency_c})
         if status in _COUNTED:
             rec["fidelity_reached"] = out.get("epochs")
             self._write_record(trial, rec)

@@ -20,7 +20,7 @@ from search.errors import StorageError
 
 __all__ = [
     "arch_key", "open_storage", "open_study", "load_existing_study", "make_sampler", "sqlite_path",
-    "trial_status", "record",
+    "trial_status", "record", "set_constraints",
 ]
 
 # The trial record (user attributes; database keys, never rename):
@@ -47,6 +47,16 @@ def sqlite_path(url: str) -> Path | None:
     return Path(rest) if rest and rest != ":memory:" else None
 
 
+NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def set_constraints(trial: optuna.Trial, values: dict[str, float]) -> None:
+    """Store constraint values (<= 0 feasible) where the study's sampler will read them."""
+    if NATIVE_CONSTRAINTS:
+        for key, value in values.items():
+            trial.set_constraint(key, value)
+
+
 def _constraints_of(trial: FrozenTrial) -> list[float]:
     return list(trial.user_attrs.get(_CONSTRAINTS_ATTR, [0.0]))
 
@@ -55,7 +65,8 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     """The study's sampler; constrained samplers learn from the stored constraint values."""
     s = cfg.sampler
     opts = dict(s.options)
-    constrained = {"constraints_func": _constraints_of}
+    # Optuna >= 5 reads constraints stored with Trial.set_constraint; older ones need a function.
+    constrained = {} if NATIVE_CONSTRAINTS else {"constraints_func": _constraints_of}
     builders = {
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **constrained, **opts),
         "nsga3": lambda: optuna.samplers.NSGAIIISampler(seed=s.seed, **constrained, **opts),
