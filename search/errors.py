@@ -2,7 +2,8 @@
 names the file, key or value and the fix. The CLI prints the message and exits with status 1."""
 from __future__ import annotations
 
-__all__ = ["EffnasError", "StudyFileError", "StorageError", "StudyLockedError", "SearchSpaceExhausted"]
+__all__ = ["EffnasError", "StudyFileError", "StorageError", "StudyLockedError", "SearchSpaceExhausted",
+           "WorkerStartError"]
 
 
 class EffnasError(Exception):
@@ -28,3 +29,7 @@ class StudyLockedError(EffnasError):
 
 class SearchSpaceExhausted(EffnasError):
     """The sampler keeps proposing over-budget or already-trained architectures."""
+
+
+class WorkerStartError(EffnasError):
+    """Ray could not start the trial workers (for example effnas is missing on a node)."""

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.asha import Asha
 from search.config import StudyConfig
-from search.errors import SearchSpaceExhausted, StudyLockedError
+from search.errors import SearchSpaceExhausted, StudyLockedError, WorkerStartError
 from search.study import arch_key, open_study, set_constraints, sqlite_path, trial_status
 
 __all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
@@ -214,8 +214,14 @@ class Sweep:
         worker_cls = make_worker_class(res.cpus_per_trial, res.gpus_per_trial)
         data_ref = ray.put(self.data)
         threads = max(1, int(res.cpus_per_trial))
-        self.idle_workers = [worker_cls.remote(data_ref, threads, self.trial_fn, asha_actor) for _ in range(slots)]
         self._worker_factory = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, asha_actor)
+        self.idle_workers = [self._worker_factory() for _ in range(slots)]
+        try:
+            ray.get([w.ping.remote() for w in self.idle_workers])
+        except Exception as e:  # an actor that cannot start would fail every trial the same way
+            first = str(e).strip().splitlines()[-1][:400]
+            raise WorkerStartError(f"Ray workers could not start ({first}); effnas must be installed "
+                                   f"in the Python environment of every Ray node") from None
         return slots
 
     def _make_asha(self, study: optuna.Study):
