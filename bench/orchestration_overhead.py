@@ -21,19 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def cheap_trial(spec: dict, data, report) -> dict:
-    """Stands in for training: deterministic pseudo-accuracy from the architecture's knobs."""
-    acc = (hash(str(spec["knobs"])) % 1000) / 1000
-    report({"epoch": 1, "val_acc": acc, "val_loss": 1 - acc, "train_loss": 1.0, "elapsed_s": 0.0})
-    return {"status": "trained", "val_acc": acc, "val_loss": 1 - acc, "test_acc": None, "epochs": 1,
-            "train_seconds": 0.0, "latency_ms": None, "deploy_max_abs_diff": 0.0, "checkpoint": None}
-
-
 def effnas_ms_per_trial(n: int, workdir: str) -> tuple[float, float]:
     import ray
 
     from search.config import parse_study
     from search.runner import Sweep
+    from search.testing import cheap_trial
     from trainers.data import DataConfig, load_data
 
     cfg = parse_study({
@@ -52,7 +45,8 @@ def effnas_ms_per_trial(n: int, workdir: str) -> tuple[float, float]:
 
 def anchor(path: str, n: int) -> dict[str, float]:
     out = subprocess.run([sys.executable, path, str(n)], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0]: float(line.split()[1]) for line in out.splitlines() if line.strip()}
+    pairs = (line.split() for line in out.splitlines())
+    return {p[0]: float(p[1]) for p in pairs if len(p) == 2 and p[0].endswith("_ms_per_trial")}
 
 
 def main() -> None:
@@ -62,6 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ours, per_proposal = effnas_ms_per_trial(args.trials, tmp)
+        print(f"effnas_ms_per_trained_trial {ours:.1f}", flush=True)
     ref = anchor(args.anchor, args.trials)
     tune = ref["ray_tune_optunasearch_ms_per_trial"]
     print(f"effnas_ms_per_trained_trial {ours:.1f}  (per proposal incl. duplicates: {per_proposal:.1f})")

@@ -3,7 +3,7 @@ names the file, key or value and the fix. The CLI prints the message and exits w
 from __future__ import annotations
 
 __all__ = ["EffnasError", "StudyFileError", "StorageError", "StudyLockedError", "SearchSpaceExhausted",
-           "WorkerStartError"]
+           "WorkerStartError", "DataError"]
 
 
 class EffnasError(Exception):
@@ -33,3 +33,7 @@ class SearchSpaceExhausted(EffnasError):
 
 class WorkerStartError(EffnasError):
     """Ray could not start the trial workers (for example effnas is missing on a node)."""
+
+
+class DataError(EffnasError):
+    """The dataset named in the study file is missing or unusable."""

@@ -25,7 +25,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.asha import Asha
 from search.config import StudyConfig
-from search.errors import SearchSpaceExhausted, StudyLockedError, WorkerStartError
+from search import faults
+from search.errors import (DataError, SearchSpaceExhausted, StorageError, StudyLockedError,
+                           WorkerStartError)
 from search.study import arch_key, open_study, set_constraints, sqlite_path, trial_status
 
 __all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
@@ -105,8 +107,12 @@ class _DriverLock:
         if sqlite_path(self.cfg.storage_url) is None:
             return self  # server databases handle concurrent drivers
         path = self.cfg.run_path / "driver.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(f"{self.cfg.path}: cannot create the run directory {path.parent}: "
+                               f"{e.strerror}; set `run_dir:` to a writable folder") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -123,6 +129,37 @@ class _DriverLock:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+
+
+class _Heartbeat:
+    """Records heartbeats of this driver's running trials on a shared database, so another driver
+    can tell a trial whose driver died (no heartbeat for the grace period) from a live one."""
+
+    def __init__(self, study, sweep: "Sweep"):
+        import threading
+
+        self.study, self.sweep = study, sweep
+        self.interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True) if self.interval else None
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            for flight in list(self.sweep.inflight.values()):
+                try:
+                    self.study._storage.record_heartbeat(flight.trial._trial_id)
+                except Exception:  # a missed beat is retried at the next interval
+                    pass
+
+    def __enter__(self):
+        if self.thread:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=5)
 
 
 @dataclass
@@ -156,11 +193,20 @@ class Sweep:
         self.idle_workers: list = []
         self.overhead_s = 0.0
         self.final_failures = 0
+        self.shared_db = False
         self.started = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------------
     def _recover(self, study: optuna.Study) -> int:
-        """Mark trials a dead driver left RUNNING as failed and re-enqueue their parameters."""
+        """Mark trials a dead driver left RUNNING as failed and re-enqueue their parameters.
+
+        On SQLite this driver holds the study's lock, so every RUNNING trial is orphaned. On a
+        shared database only trials whose heartbeat stopped are (Optuna's stale-trial check; the
+        re-enqueue happens in its callback, see ``search.study``)."""
+        if self.shared_db:
+            before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            optuna.storages.fail_stale_trials(study)
+            return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
             study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
@@ -177,10 +223,13 @@ class Sweep:
             from trainers.data import DataConfig, load_data
 
             d = self.cfg.data
-            self.data = load_data(DataConfig(dataset=d.dataset, root=d.root, train_size=d.train_size,
-                                             val_size=d.val_size, test_size=d.test_size,
-                                             image_size=d.image_size, seed=self.cfg.train.seed,
-                                             download=d.download))
+            try:
+                self.data = load_data(DataConfig(dataset=d.dataset, root=d.root, train_size=d.train_size,
+                                                 val_size=d.val_size, test_size=d.test_size,
+                                                 image_size=d.image_size, seed=self.cfg.train.seed,
+                                                 download=d.download))
+            except (OSError, ValueError) as e:  # missing files, sizes the dataset cannot give, ...
+                raise DataError(f"{self.cfg.path}: data: {e}") from None
         self.data_meta = {"num_classes": self.data.num_classes, "image_size": self.data.image_size,
                           "in_channels": self.data.in_channels,
                           "mean": list(self.data.mean), "std": list(self.data.std)}
@@ -253,7 +302,13 @@ class Sweep:
         """Ask for one architecture; returns True if it went to a worker."""
         t0 = time.perf_counter()
         trial = study.ask()
+        if self.shared_db:  # beat at once: a trial with no heartbeat at all is never found stale
+            study._storage.record_heartbeat(trial._trial_id)
+        faults.checkpoint("asked")
+        if self.shared_db and self._is_surplus(study, trial):
+            return False
         family, knobs = propose(trial, self.spaces)
+        faults.checkpoint("proposed")
         knobs_d = _knobs_dict(knobs)
         key = arch_key(family, knobs_d, self.fidelity)
         if key not in self.costs:
@@ -281,8 +336,22 @@ class Sweep:
         worker = self.idle_workers.pop()
         future = worker.run.remote(spec)
         self.inflight[future] = _InFlight(trial, family, key, rec, t0, worker)
+        faults.checkpoint("submitted")
         self.stalls = 0
         self.overhead_s += time.perf_counter() - t0
+        return True
+
+    def _is_surplus(self, study, trial) -> bool:
+        """With several drivers, a trial asked after the budget was taken by others is released."""
+        trials = study.get_trials(deepcopy=False)
+        ahead = sum(1 for t in trials if t.number < trial.number and (
+            trial_status(t) in _COUNTED or (trial_status(t) == "failed" and t.user_attrs.get("final"))
+            or (t.state == TrialState.RUNNING and "record_pending" in t.user_attrs)))
+        if ahead < self.target:
+            return False
+        trial.set_user_attr("status", "surplus")
+        study.tell(trial, state=TrialState.PRUNED)
+        self.stalls += 1
         return True
 
     def _record_duplicate(self, study, trial, key: str, rec: dict) -> None:
@@ -325,12 +394,14 @@ class Sweep:
         if status in _COUNTED:
             rec["fidelity_reached"] = out.get("epochs")
             self._write_record(trial, rec)
+            faults.checkpoint("recorded")
             if status == "trained":
                 study.tell(trial, self._objective_values(out["val_acc"], rec, out.get("latency_ms")))
                 self.summary.trained += 1
             else:
                 study.tell(trial, state=TrialState.PRUNED)
                 self.summary.stopped += 1
+            faults.checkpoint("told")
             self.known[flight.key] = study._storage.get_trial(trial._trial_id)
             self._line(f"trial {trial.number} {flight.family} {status} acc {out['val_acc']:.4f} "
                        f"({out.get('epochs')} ep, {out.get('train_seconds', 0):.1f}s) "
@@ -390,29 +461,63 @@ class Sweep:
                 self.idle_workers.append(self._worker_factory())
             self._finish(study, flight, out)
 
+    def _check_budget_reachable(self) -> None:
+        """Refuse, before anything is written, a budget that no architecture of the space meets.
+
+        Probes each family's lowest corner (smallest value of every knob) and a few random samples.
+        """
+        import random
+
+        from space.knobs import draw_random
+        from space.registry import get_family
+
+        c = self.cfg.constraints
+        if c.max_macs is None and c.max_params is None:
+            return
+        rng = random.Random(0)
+        for name, space in self.spaces.items():
+            family = get_family(name)
+            lowest = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in space.items()}
+            probes = [family.sample(lowest.__getitem__)] + [family.sample(draw_random(space, rng)) for _ in range(20)]
+            for knobs in probes:
+                _, constraints = price(self.cfg, name, knobs, self.data_meta)
+                if max(constraints.values()) <= 0:
+                    return
+        raise SearchSpaceExhausted(
+            f"{self.cfg.path}: constraints: no probed architecture meets max_macs={c.max_macs} / "
+            f"max_params={c.max_params} (the smallest corner of every family is over budget); raise the "
+            f"limits or narrow the families' knobs towards smaller networks (`python -m search validate`)")
+
+    def _prepare(self) -> None:
+        """Everything that can fail on bad input, done before the run directory or database exist."""
+        self._load_data()
+        self.spaces = family_spaces(self.cfg)
+        self.fidelity = self.cfg.fidelity_key()
+        self._check_budget_reachable()
+
     def run(self) -> SweepSummary:
+        self._prepare()
         with _DriverLock(self.cfg):
             study = open_study(self.cfg)
+            self.shared_db = sqlite_path(self.cfg.storage_url) is None
             recovered = self._recover(study)
-            self._load_data()
-            self.spaces = family_spaces(self.cfg)
-            self.fidelity = self.cfg.fidelity_key()
             trials = study.get_trials(deepcopy=False)
             for t in trials:
                 if trial_status(t) in _COUNTED and t.user_attrs.get("record", {}).get("arch_key"):
                     self.known[t.user_attrs["record"]["arch_key"]] = t
-            used = budget_used(trials)
-            target = used + self.n_more if self.n_more is not None else self.cfg.budget.n_trials
-            self.log(f"study {self.cfg.study!r} in {self.cfg.storage_url}: {used} of {target} trials done"
-                     + (f", {recovered} interrupted trial(s) re-queued" if recovered else ""))
-            if used >= target:
+            self.used_at_start = budget_used(trials)
+            target = self.used_at_start + self.n_more if self.n_more is not None else self.cfg.budget.n_trials
+            self.log(f"study {self.cfg.study!r} in {self.cfg.storage_url}: {self.used_at_start} of {target} "
+                     f"trials done" + (f", {recovered} interrupted trial(s) re-queued" if recovered else ""))
+            if self.used_at_start >= target:
                 return self.summary
             ray = self._start_ray()
             slots = self._start_workers(ray, self._make_asha(study))
             self.log(f"{slots} concurrent trial(s), {self.cfg.resources.cpus_per_trial} CPU "
                      f"and {self.cfg.resources.gpus_per_trial} GPU each")
             loop_start = time.perf_counter()
-            self._loop(study, ray, target - used)
+            with _Heartbeat(study, self):
+                self._loop(study, ray, target)
             self.summary.loop_seconds = time.perf_counter() - loop_start
         s = self.summary
         s.wall_seconds = time.perf_counter() - self.started
@@ -420,14 +525,23 @@ class Sweep:
         s.overhead_ms_per_trial = 1000 * self.overhead_s / max(1, n)
         return s
 
-    def _loop(self, study, ray, remaining: int) -> None:
+    def _budget_left(self, study, target: int) -> int:
+        """Architectures still to launch. A shared database is recounted, since other drivers
+        train too; a single driver's own tally is exact and free."""
+        if not self.shared_db:
+            s = self.summary
+            return target - (self.used_at_start + s.trained + s.stopped + self.final_failures) - len(self.inflight)
+        trials = study.get_trials(deepcopy=False)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING and "record_pending" in t.user_attrs)
+        return target - budget_used(trials) - running
+
+    def _loop(self, study, ray, target: int) -> None:
         deadline = (time.perf_counter() + self.cfg.budget.time_limit_s) if self.cfg.budget.time_limit_s else None
         self.stalls, exhausted = 0, False
+        self.target = target
         while True:
-            s = self.summary
-            counted = s.trained + s.stopped + self.final_failures
             out_of_time = deadline is not None and time.perf_counter() > deadline
-            while self.idle_workers and not (out_of_time or exhausted) and counted + len(self.inflight) < remaining:
+            while self.idle_workers and not (out_of_time or exhausted) and self._budget_left(study, target) > 0:
                 exhausted = self.stalls >= self.cfg.budget.max_stalls
                 if not exhausted:
                     self._propose_one(study)

@@ -101,14 +101,28 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
             raise StorageError(f"no study database at {path}; run `python -m search run` on the study first")
         _prepare_sqlite(path)
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if path is not None else {"pool_pre_ping": True}
+    # Several drivers may share a server database: heartbeats tell a dead driver's trials apart.
+    shared = {} if path is not None else {"heartbeat_interval": HEARTBEAT_S, "grace_period": 6 * HEARTBEAT_S,
+                                          "failed_trial_callback": requeue_stale_trial}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **shared)
     except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
         cause = str(e).splitlines()[0][:300]
         raise StorageError(f"cannot open the study database {url!r}: {cause}") from None
     if path is not None:
         _tune_sqlite(storage)
     return storage
+
+
+HEARTBEAT_S = 5
+
+
+def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """A trial whose driver stopped beating: queue its parameters again (same rule as on SQLite)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                  "attempt": trial.user_attrs.get("attempt", 0),
+                                                  "retry_reason": "its driver stopped (no heartbeat)"},
+                        skip_if_exists=False)
 
 
 def _set_pragmas(dbapi_connection, _record) -> None:
@@ -172,6 +186,8 @@ def trial_status(trial: FrozenTrial) -> str:
         return "running"
     if trial.state == TrialState.WAITING:
         return "waiting"
+    if trial.state == TrialState.FAIL:
+        return "failed"
     return trial.user_attrs.get("status", trial.state.name.lower())
 
 

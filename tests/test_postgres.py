@@ -1,0 +1,158 @@
+"""The orchestrator on a real PostgreSQL server (tests/pg_server.py starts a private one).
+
+Two driver processes share one study: together they train exactly the budget, every trial ends in a
+final state, and no architecture is trained twice. An unreachable database is one clear error.
+(That SQLite refuses a second driver is tested in test_sweep.py.)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from pg_server import postgres_url  # noqa: F401  (the module-scoped server fixture)
+from search.config import parse_study
+from search.errors import StorageError
+from search.study import load_existing_study, open_study, trial_status
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+N_TRIALS = 8
+
+# Spaces of about 10^3 architectures: distinct proposals rarely collide by chance.
+TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "layers.2": [1, 2],
+                    "growth.0": [8, 16], "growth.1": [8, 16], "growth.2": [8, 16], "bottleneck": [1, 2],
+                    "stem_channels": [8, 16], "se_start": -1, "hs_start": -1, "head_channels": 0,
+                    "dropout": 0.0, "stem_stride": 1, "last_se_reduction": 0}
+TINY_SLIMCONV = {"layers.0": 1, "layers.1": 1, "layers.2": 1, "layers.3": 1, "base_width": [8, 16],
+                 "groups": 1, "width_mult": [1, 2], "stem": "cifar"}
+
+# Each driver runs the stand-in trial function on its own local Ray instance. Every trial waits until
+# both drivers have a trial running (a file per driver), so their proposals overlap for certain even
+# when one Ray instance starts seconds before the other.
+DRIVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from search.config import load_study
+    from search.runner import Sweep
+    from search.testing import cheap_trial
+
+    study_file, barrier, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+
+    def overlapping_trial(spec, data, report):
+        (barrier / me).touch()
+        deadline = time.time() + 60
+        while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        return cheap_trial(spec, data, report)
+
+    s = Sweep(load_study(study_file), trial_fn=overlapping_trial).run()
+    print("SUMMARY", s.trained, s.stopped, s.failed, s.infeasible, s.duplicate, flush=True)
+""")
+
+
+def _study(tmp_path: Path, url: str, name: str) -> dict:
+    return {
+        "study": name, "storage": url, "run_dir": str(tmp_path / "run"),
+        "data": {"dataset": "digits", "val_size": 200, "train_size": 400, "image_size": 16},
+        "families": {"condensenet": {"knobs": TINY_CONDENSENET}, "slimconv": {"knobs": TINY_SLIMCONV}},
+        "budget": {"n_trials": N_TRIALS}, "fidelity": {"epochs": 1},
+        "sampler": {"name": "random", "seed": 0},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 1}, "ray": {"num_cpus": 1},
+    }
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each driver starts its own Ray
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _summary(stdout: str) -> list[int]:
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("SUMMARY")), None)
+    return [int(x) for x in line.split()[1:]] if line else []
+
+
+def _problems(trials, summaries: list[list[int]]) -> list[str]:
+    """Everything wrong with the shared study, so one failure reports all of it."""
+    problems = []
+    statuses = Counter(trial_status(t) for t in trials)
+    if statuses["trained"] != N_TRIALS:
+        problems.append(f"{statuses['trained']} trials trained, budget {N_TRIALS}; statuses {dict(statuses)}")
+    numbers = [t.number for t in trials]
+    if len(set(numbers)) != len(numbers) or sorted(numbers) != list(range(len(numbers))):
+        problems.append(f"trial numbers not unique and contiguous: {sorted(numbers)}")
+    unfinished = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    if unfinished:
+        problems.append(f"trials left RUNNING/WAITING: {unfinished}")
+    unrecorded = [t.number for t in trials if t.state.is_finished() and "status" not in t.user_attrs]
+    if unrecorded:
+        problems.append(f"finished trials without a `status` record: {unrecorded}")
+    keys = Counter(t.user_attrs["record"]["arch_key"] for t in trials if trial_status(t) == "trained")
+    twice = {k: n for k, n in keys.items() if n > 1}
+    if twice:
+        problems.append(f"architectures trained more than once (arch_key: times): {twice}")
+    trained_by_driver = [s[0] if s else None for s in summaries]
+    if sum(n or 0 for n in trained_by_driver) != statuses["trained"]:
+        problems.append(f"drivers report {trained_by_driver} trained, the study holds {statuses['trained']}")
+    return problems
+
+
+def test_two_drivers_share_one_study(tmp_path, postgres_url):  # noqa: F811
+    study_file = tmp_path / "shared.yaml"
+    study_file.write_text(yaml.safe_dump(_study(tmp_path, postgres_url, "shared")))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study_file), str(barrier), f"d{i}"],
+                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, f"driver exited {p.returncode}:\n{out[-2000:]}\n{err[-3000:]}"
+    assert len(list(barrier.iterdir())) == 2, "a driver never ran a trial"
+    trials = load_existing_study(postgres_url, "shared").get_trials()
+    problems = _problems(trials, [_summary(out) for out, _ in outputs])
+    assert not problems, "\n".join(problems)
+
+
+def test_status_reads_the_postgres_study(postgres_url, capsys):  # noqa: F811
+    from search.cli import main
+
+    assert main(["status", "--storage", postgres_url, "--study-name", "shared", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["study"] == "shared" and info["statuses"].get("trained") == N_TRIALS
+
+
+def _missing_db_url(url: str) -> str:
+    return url.rsplit("/", 1)[0] + "/no_such_db"
+
+
+def test_missing_database_is_a_storage_error(tmp_path, postgres_url):  # noqa: F811
+    raw = _study(tmp_path, _missing_db_url(postgres_url), "nodb")
+    cfg = parse_study(raw, str(tmp_path / "nodb.yaml"))
+    t0 = time.perf_counter()
+    with pytest.raises(StorageError, match=r"cannot open the study database .*no_such_db.*does not exist"):
+        open_study(cfg)
+    assert time.perf_counter() - t0 < 10  # a clear refusal, not a retry loop
+
+
+def test_missing_database_via_cli_is_one_line_status_1(tmp_path, postgres_url):  # noqa: F811
+    study_file = tmp_path / "nodb.yaml"
+    study_file.write_text(yaml.safe_dump(_study(tmp_path, _missing_db_url(postgres_url), "nodb")))
+    proc = subprocess.run([sys.executable, "-m", "search", "run", str(study_file)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert "no_such_db" in lines[0] and "does not exist" in lines[0] and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nodb.yaml"]  # nothing created
