@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 import optuna
 
+from search import faults
 from search.errors import EffnasError
 from search.pareto import FrontMember, front_candidates, objectives_of, pareto_front
 
@@ -459,6 +460,7 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
     title = f"{study.study_name}: {len(front)} front members of {len(points)} trained trials"
     _write_atomic(out_dir / "pareto.json", _json_text(doc))
     _write_atomic(out_dir / "pareto.csv", _csv_text(entries, names, models))
+    faults.checkpoint("exporting")
     _write_atomic(out_dir / "pareto.html", _html(points, title))
     _write_atomic(out_dir / "pareto.png", _png(points, title))
     return doc
