@@ -98,21 +98,25 @@ def _knobs_dict(knobs) -> dict:
 # --- the driver ----------------------------------------------------------------------------------
 
 class _DriverLock:
-    """One driver per SQLite study: a second one would corrupt the run directory and the record."""
+    """One driver per SQLite study: a second one would corrupt the run directory and the record.
+
+    The lock is a file next to the database (``study.db.lock``), held with flock for the driver's
+    lifetime; the kernel drops it when the process dies, even by SIGKILL."""
 
     def __init__(self, cfg: StudyConfig):
         self.cfg, self.fd = cfg, None
 
     def __enter__(self):
-        if sqlite_path(self.cfg.storage_url) is None:
+        db = sqlite_path(self.cfg.storage_url)
+        if db is None:
             return self  # server databases handle concurrent drivers
-        path = self.cfg.run_path / "driver.lock"
+        path = db.with_name(db.name + ".lock")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StorageError(f"{self.cfg.path}: cannot create the run directory {path.parent}: "
-                               f"{e.strerror}; set `run_dir:` to a writable folder") from None
+            raise StorageError(f"{self.cfg.path}: storage: cannot create {path.parent}: {e.strerror}; "
+                               f"set `storage:` (or `run_dir:`) to a writable place") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -490,10 +494,14 @@ class Sweep:
 
     def _prepare(self) -> None:
         """Everything that can fail on bad input, done before the run directory or database exist."""
+        from search.study import check_existing_database, make_sampler
+
+        make_sampler(self.cfg)  # bad sampler options
         self._load_data()
         self.spaces = family_spaces(self.cfg)
         self.fidelity = self.cfg.fidelity_key()
         self._check_budget_reachable()
+        check_existing_database(self.cfg)
 
     def run(self) -> SweepSummary:
         self._prepare()

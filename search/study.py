@@ -7,6 +7,8 @@ deduplication, ASHA rungs, ``status`` and ``export`` are all rebuilt from it.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import warnings
 import json
 import sqlite3
 from pathlib import Path
@@ -20,7 +22,7 @@ from search.errors import StorageError
 
 __all__ = [
     "arch_key", "open_storage", "open_study", "load_existing_study", "make_sampler", "sqlite_path",
-    "trial_status", "record", "set_constraints",
+    "trial_status", "record", "set_constraints", "check_existing_database",
 ]
 
 # The trial record (user attributes; database keys, never rename):
@@ -103,11 +105,15 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if path is not None else {"pool_pre_ping": True}
     # Several drivers may share a server database: heartbeats tell a dead driver's trials apart.
     shared = {} if path is not None else {"heartbeat_interval": HEARTBEAT_S, "grace_period": 6 * HEARTBEAT_S,
-                                          "failed_trial_callback": requeue_stale_trial}
+                                          _STALE_CALLBACK_ARG: requeue_stale_trial}
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **shared)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **shared)
     except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
         cause = str(e).splitlines()[0][:300]
+        if "DB access module" in cause:
+            cause = "its database driver is not installed (PostgreSQL: pip install 'effnas[postgres]')"
         raise StorageError(f"cannot open the study database {url!r}: {cause}") from None
     if path is not None:
         _tune_sqlite(storage)
@@ -115,6 +121,10 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
 
 
 HEARTBEAT_S = 5
+# Optuna 4.9 renamed the stale-trial callback argument.
+_STALE_CALLBACK_ARG = ("heartbeat_stale_trial_callback"
+                       if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                       else "failed_trial_callback")
 
 
 def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -149,9 +159,29 @@ def _check_study_names(storage, cfg: StudyConfig) -> None:
             f"point `storage:` at this study's own file (or remove it to use runs/{cfg.study}/study.db)")
 
 
+def check_existing_database(cfg: StudyConfig) -> None:
+    """An existing SQLite file must hold this study (or none): refuse another study's database
+    before anything, even a lock file, is written next to it."""
+    path = sqlite_path(cfg.storage_url)
+    if path is None or not path.exists():
+        return
+    try:  # read-only: not even WAL side files may appear next to someone else's database
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60) as con:
+            names = [row[0] for row in con.execute("SELECT study_name FROM studies")]
+    except sqlite3.Error as e:
+        raise StorageError(f"{cfg.path}: storage: {path} is not a readable study database ({e})") from None
+    if names and cfg.study not in names:
+        raise StorageError(
+            f"{cfg.path}: storage {cfg.storage_url!r} holds the study/studies {names}, not {cfg.study!r}; "
+            f"point `storage:` at this study's own file (or remove it to use runs/{cfg.study}/study.db)")
+
+
 def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
     """Create or load the study named in ``cfg`` and check its objectives match the file's."""
-    storage = open_storage(cfg.storage_url, create=create)
+    try:
+        storage = open_storage(cfg.storage_url, create=create)
+    except StorageError as e:
+        raise StorageError(f"{cfg.path}: storage: {e}") from None
     _check_study_names(storage, cfg)
     try:
         study = optuna.create_study(study_name=cfg.study, storage=storage, directions=cfg.directions,

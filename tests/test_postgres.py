@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -36,9 +37,10 @@ TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "la
 TINY_SLIMCONV = {"layers.0": 1, "layers.1": 1, "layers.2": 1, "layers.3": 1, "base_width": [8, 16],
                  "groups": 1, "width_mult": [1, 2], "stem": "cifar"}
 
-# Each driver runs the stand-in trial function on its own local Ray instance. Every trial waits until
-# both drivers have a trial running (a file per driver), so their proposals overlap for certain even
-# when one Ray instance starts seconds before the other.
+# Each driver runs the stand-in trial function on its own local Ray instance. Its trials announce
+# themselves (a file per driver) and wait for the test to open the gate once both drivers have a trial
+# running, so their proposals overlap for certain even when one Ray instance starts seconds before
+# the other.
 DRIVER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
@@ -46,12 +48,12 @@ DRIVER = textwrap.dedent("""
     from search.runner import Sweep
     from search.testing import cheap_trial
 
-    study_file, barrier, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    study_file, gate, me = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 
     def overlapping_trial(spec, data, report):
-        (barrier / me).touch()
-        deadline = time.time() + 60
-        while len(list(barrier.iterdir())) < 2 and time.time() < deadline:
+        (gate / me).touch()
+        deadline = time.time() + 120
+        while not (gate / "open").exists() and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
         return cheap_trial(spec, data, report)
@@ -59,6 +61,7 @@ DRIVER = textwrap.dedent("""
     s = Sweep(load_study(study_file), trial_fn=overlapping_trial).run()
     print("SUMMARY", s.trained, s.stopped, s.failed, s.infeasible, s.duplicate, flush=True)
 """)
+DRIVER_TIMEOUT_S = 180
 
 
 def _study(tmp_path: Path, url: str, name: str) -> dict:
@@ -107,30 +110,69 @@ def _problems(trials, summaries: list[list[int]]) -> list[str]:
     return problems
 
 
-def test_two_drivers_share_one_study(tmp_path, postgres_url):  # noqa: F811
-    study_file = tmp_path / "shared.yaml"
-    study_file.write_text(yaml.safe_dump(_study(tmp_path, postgres_url, "shared")))
+def _open_gate_when_both_run(procs: list[subprocess.Popen], gate: Path) -> None:
+    """Open once both drivers have a trial running, or once one has exited (nothing to wait for)."""
+    deadline = time.monotonic() + DRIVER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if {"d0", "d1"} <= {p.name for p in gate.iterdir()} or any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    (gate / "open").touch()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Interrupt a driver that is still running (so it shuts its Ray instance down), then kill."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _run_two_drivers(tmp_path: Path, study_file: Path) -> list[tuple[int, str, str]]:
+    """Both drivers' exit status, stdout and stderr."""
     (tmp_path / "driver.py").write_text(DRIVER)
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    procs = [subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study_file), str(barrier), f"d{i}"],
-                              cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, f"driver exited {p.returncode}:\n{out[-2000:]}\n{err[-3000:]}"
-    assert len(list(barrier.iterdir())) == 2, "a driver never ran a trial"
-    trials = load_existing_study(postgres_url, "shared").get_trials()
-    problems = _problems(trials, [_summary(out) for out, _ in outputs])
-    assert not problems, "\n".join(problems)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    logs = [(open(tmp_path / f"d{i}.out", "w+"), open(tmp_path / f"d{i}.err", "w+")) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study_file), str(gate), f"d{i}"],
+                              cwd=tmp_path, env=_env(), stdout=out, stderr=err, start_new_session=True)
+             for i, (out, err) in enumerate(logs)]
+    try:
+        _open_gate_when_both_run(procs, gate)
+        deadline = time.monotonic() + DRIVER_TIMEOUT_S
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass  # reported below as a non-zero status
+    finally:
+        for p in procs:
+            _stop(p)
+    results = []
+    for p, (out, err) in zip(procs, logs):
+        out.seek(0), err.seek(0)
+        results.append((p.returncode, out.read(), err.read()))
+        out.close(), err.close()
+    return results
 
 
-def test_status_reads_the_postgres_study(postgres_url, capsys):  # noqa: F811
+def test_two_drivers_share_one_study(tmp_path, postgres_url, capsys):  # noqa: F811
     from search.cli import main
 
+    study_file = tmp_path / "shared.yaml"
+    study_file.write_text(yaml.safe_dump(_study(tmp_path, postgres_url, "shared")))
+    results = _run_two_drivers(tmp_path, study_file)
+    for i, (rc, out, err) in enumerate(results):
+        assert rc == 0, f"driver d{i} exited {rc}:\n{out[-2000:]}\n{err[-3000:]}"
+    ran = {p.name for p in (tmp_path / "gate").iterdir()}
+    assert {"d0", "d1"} <= ran, f"only {sorted(ran - {'open'})} ran a trial: the drivers never overlapped"
+    trials = load_existing_study(postgres_url, "shared").get_trials()
+    problems = _problems(trials, [_summary(out) for _, out, _ in results])
+    assert not problems, "\n".join(problems)
     assert main(["status", "--storage", postgres_url, "--study-name", "shared", "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert info["study"] == "shared" and info["statuses"].get("trained") == N_TRIALS
+    assert json.loads(capsys.readouterr().out)["statuses"] == {"trained": N_TRIALS}
 
 
 def _missing_db_url(url: str) -> str:

@@ -170,7 +170,7 @@ def test_second_driver_on_sqlite_study_is_refused(tmp_path):
     import os
 
     cfg = _cfg(tmp_path)
-    lock = cfg.run_path / "driver.lock"
+    lock = cfg.run_path / "study.db.lock"
     lock.parent.mkdir(parents=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)

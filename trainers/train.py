@@ -17,6 +17,12 @@ with the copies the conversion made of one parameter kept tied (:mod:`trainers.c
 forms compute the same function and take the same SGD steps, so this changes the cost of the
 second half of training, not its result (up to float rounding).
 
+Autotuning (``autotune``, :mod:`trainers.tune`): before the first step the trainer times a
+training step in NCHW and channels-last and keeps the faster; at the switch it times the masked
+form against the condensed form (in both layouts) and switches only if that is faster. Neither
+choice changes what is computed, only how fast (results agree up to float rounding). Without
+``autotune``: channels-last on CUDA only, and the switch as soon as the masks are final.
+
 After the last epoch the network is converted to its deploy form, checked equal to the training
 form, and the final metrics are measured on the deploy form.
 """
@@ -43,11 +49,13 @@ from trainers.condense import (carry_momentum, check_deploy, element_sources, fi
                                tie_gradients)
 from trainers.data import DataSplits
 from trainers.latency import measure_latency
+from trainers.tune import PROBE_IMAGES, fastest, time_step
 
 __all__ = ["TrainConfig", "EpochReport", "TrainResult", "NonFiniteLossError", "train", "train_model",
            "evaluate", "cosine_lr"]
 
 CHECK_BATCH = 64  # validation images used for the deploy-equality check
+_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 _FORMAT = 1  # checkpoint layout version
 
 
@@ -63,8 +71,9 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA when available, else CPU; or any torch device string
     threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None: leave as is
     amp: bool = True  # CUDA only: bf16 autocast (fp16 + GradScaler where bf16 is unsupported)
-    channels_last: bool = True  # CUDA only: faster convolutions; CPU kernels prefer NCHW here
-    condensed_training: bool = True  # train the condensed form once all masks are final (same result, cheaper)
+    channels_last: bool = True  # allow channels-last memory (autotune picks; without it: CUDA only)
+    condensed_training: bool = True  # allow training the condensed form once all masks are final (same steps)
+    autotune: bool = True  # time the allowed options above and keep the fastest (see trainers.tune)
     eval_test: bool = False  # test accuracy is for final reporting only, never for selection
     measure_latency: bool = False  # batch-1 latency of the deploy form, after training
     seed: int = 0  # model init, data order and augmentation
@@ -118,6 +127,8 @@ class TrainResult:
     test_loss: float | None = None
     deploy_path: str | None = None  # deploy.pt: state_dict of to_deploy(build() at progress 1)
     condensed_at: float | None = None  # training progress where training switched to the condensed form
+    memory_format: str = "contiguous"  # "contiguous" (NCHW) or "channels_last", at the end of training
+    tuning: dict = field(default_factory=dict)  # autotune timings: seconds per probe step of each option
     history: list = field(default_factory=list)  # EpochReport dicts
 
 
@@ -171,10 +182,6 @@ def _autocast(dtype: torch.dtype | None):
     return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last and device.type == "cuda" else torch.contiguous_format
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              device: torch.device | str, mean, std,
@@ -220,7 +227,13 @@ class _Run:
     probe_pending: bool = True  # masks changed since the last finality probe
     deploy_diff: float | None = None
     ties: dict = field(default_factory=dict)  # condensed parameters holding copies of one element
+    memory_format: str = "contiguous"  # key of _FORMATS
+    tuning: dict = field(default_factory=dict)  # autotune timings
     history: list = field(default_factory=list)
+
+    @property
+    def format(self) -> torch.memory_format:
+        return _FORMATS[self.memory_format]
 
 
 @dataclass
@@ -235,7 +248,6 @@ class _Setup:
     train_y: torch.Tensor
     batches: int  # per epoch
     amp_dtype: torch.dtype | None
-    memory_format: torch.memory_format
     scheduled: bool  # the model has a mask schedule
 
     @property
@@ -247,9 +259,36 @@ class _Setup:
         return self.augmenter.eval(x[:CHECK_BATCH])
 
 
-# --- condensation -------------------------------------------------------------------------------
+# --- memory format and condensation --------------------------------------------------------------
 
-def _maybe_condense(run: _Run, setup: _Setup, iteration: int, changed: bool) -> None:
+def _format_options(cfg: TrainConfig, device: torch.device) -> list[str]:
+    if not cfg.channels_last:
+        return ["contiguous"]
+    if not cfg.autotune:
+        return ["channels_last" if device.type == "cuda" else "contiguous"]
+    return ["contiguous", "channels_last"]
+
+
+def _set_format(run: _Run, setup: _Setup, name: str) -> None:
+    run.memory_format = name
+    run.model.to(memory_format=_FORMATS[name])  # in place: the optimizer keeps its parameters
+    setup.augmenter.memory_format = _FORMATS[name]
+
+
+def _choose_format(run: _Run, setup: _Setup) -> None:
+    """Before the first step: the faster memory format for this network on this machine."""
+    options = _format_options(setup.cfg, setup.device)
+    if len(options) > 1:
+        x = setup.augmenter.eval(setup.train_x[:PROBE_IMAGES])
+        times = {f: time_step(run.model, x, setup.train_y[:PROBE_IMAGES], _FORMATS[f], setup.amp_dtype)
+                 for f in options}
+        run.tuning["memory_format"] = times
+        options = [fastest(times)]
+    _set_format(run, setup, options[0])
+
+
+def _maybe_condense(run: _Run, setup: _Setup, iteration: int, changed: bool,
+                    x: torch.Tensor, y: torch.Tensor) -> None:
     """Switch to the condensed form once every mask is final (see the module docstring)."""
     run.probe_pending |= changed
     progress = iteration / setup.total
@@ -257,21 +296,37 @@ def _maybe_condense(run: _Run, setup: _Setup, iteration: int, changed: bool) -> 
         return
     run.probe_pending = False
     if masks_final(run.model):
-        _switch_to_condensed(run, setup, iteration)
+        _switch_to_condensed(run, setup, iteration, x[:PROBE_IMAGES], y[:PROBE_IMAGES])
 
 
-def _switch_to_condensed(run: _Run, setup: _Setup, iteration: int) -> None:
+def _condensed_format(run: _Run, setup: _Setup, deployed: nn.Module, x: torch.Tensor,
+                      y: torch.Tensor) -> str | None:
+    """Memory format to train the condensed form in, or None where the masked form is faster."""
+    if not setup.cfg.autotune:
+        return run.memory_format
+    times = {("train", run.memory_format): time_step(run.model, x, y, run.format, setup.amp_dtype)}
+    for f in _format_options(setup.cfg, setup.device):
+        times[("condensed", f)] = time_step(deployed, x, y, _FORMATS[f], setup.amp_dtype)
+    run.tuning["condense"] = {f"{form}/{f}": t for (form, f), t in times.items()}
+    form, fmt = fastest(times)
+    return fmt if form == "condensed" else None
+
+
+def _switch_to_condensed(run: _Run, setup: _Setup, iteration: int, x: torch.Tensor, y: torch.Tensor) -> None:
     model = run.model
     deployed = to_deploy(model)
     run.deploy_diff = max(run.deploy_diff or 0.0, check_deploy(model, deployed, setup.check_batch()))
+    fmt = _condensed_format(run, setup, deployed, x, y)
+    if fmt is None:
+        return
     optimizer = _make_optimizer(deployed, setup.cfg)
     sources = element_sources(model, deployed)
     carry_momentum(run.optimizer, model, optimizer, deployed, sources)
     run.ties = find_ties(deployed, sources)
     tie_gradients(deployed, run.ties)
-    deployed.train()
-    run.model = deployed.to(memory_format=setup.memory_format)
+    run.model = deployed.train()
     run.optimizer, run.form, run.switch_iteration = optimizer, "condensed", iteration
+    _set_format(run, setup, fmt)
 
 
 # --- one epoch ----------------------------------------------------------------------------------
@@ -294,17 +349,18 @@ def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
     checked, lr = 0, cfg.lr
     for i in range(setup.batches):
         iteration = epoch * setup.batches + i
+        idx = order[i * batch:(i + 1) * batch]
+        x = aug.train(setup.train_x[idx]) if cfg.augment else aug.eval(setup.train_x[idx])
+        y = setup.train_y[idx]
         if run.form == "train" and setup.scheduled:
             changed = set_progress(run.model, iteration / setup.total)
             if cfg.condensed_training:
-                _maybe_condense(run, setup, iteration, changed)
+                _maybe_condense(run, setup, iteration, changed, x, y)
         lr = cosine_lr(iteration, setup.total, cfg.lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        idx = order[i * batch:(i + 1) * batch]
-        x = aug.train(setup.train_x[idx]) if cfg.augment else aug.eval(setup.train_x[idx])
         with _autocast(setup.amp_dtype):
-            loss = F.cross_entropy(run.model(x), setup.train_y[idx])
+            loss = F.cross_entropy(run.model(x), y)
         losses[i] = loss.detach()
         if (i + 1) % check_every == 0:  # before the step: a diverged batch never touches the weights
             _check_finite(losses, checked, i + 1, epoch, lr)
@@ -321,8 +377,9 @@ def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
 
 def _run_identity(cfg: TrainConfig, data: DataSplits, meta: dict) -> dict:
     """What must match for a checkpoint to be resumed: the architecture, recipe and data."""
+    # How the steps are computed may change between runs (same results up to float rounding).
     runtime = {"device", "threads", "eval_test", "measure_latency", "eval_batch_size", "latency_device",
-               "check_every"}
+               "check_every", "channels_last", "condensed_training", "autotune"}
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in runtime}
     shape = [data.name, len(data.train_y), len(data.val_y), data.image_size, data.in_channels, data.num_classes]
     return {"meta": meta, "recipe": recipe, "data": shape}
@@ -338,6 +395,8 @@ def _save_checkpoint(path: Path, run: _Run, setup: _Setup, identity: dict) -> No
         "probe_pending": run.probe_pending,
         "deploy_diff": run.deploy_diff,
         "ties": run.ties,
+        "memory_format": run.memory_format,
+        "tuning": run.tuning,
         "seconds": run.seconds,
         "history": run.history,
         "model": run.model.state_dict(),
@@ -373,8 +432,9 @@ def _resume(path: Path, ckpt: dict, run: _Run, setup: _Setup) -> None:
         if last >= 0:
             set_progress(run.model, last / setup.total)
     if ckpt["form"] == "condensed":
-        run.model = to_deploy(run.model).train().to(memory_format=setup.memory_format)
+        run.model = to_deploy(run.model).train()
         run.optimizer = _make_optimizer(run.model, setup.cfg)
+    _set_format(run, setup, ckpt["memory_format"])
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
@@ -382,6 +442,7 @@ def _resume(path: Path, ckpt: dict, run: _Run, setup: _Setup) -> None:
     run.form, run.epoch, run.seconds = ckpt["form"], ckpt["epoch"], ckpt["seconds"]
     run.switch_iteration, run.probe_pending = ckpt["switch_iteration"], ckpt["probe_pending"]
     run.deploy_diff, run.history, run.ties = ckpt["deploy_diff"], list(ckpt["history"]), ckpt["ties"]
+    run.tuning = ckpt["tuning"]
     tie_gradients(run.model, run.ties)
 
 
@@ -396,15 +457,13 @@ def _prepare(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConfig)
     if len(data.train_y) == 0:
         raise ValueError("the training split is empty")
     _seed_everything(cfg.seed)
-    memory_format = _memory_format(cfg, device)
-    model = build().to(device=device, memory_format=memory_format)
+    model = build().to(device)
     amp_dtype = _amp_dtype(cfg, device)
-    augmenter = Augmenter(data.mean, data.std, device, seed=cfg.seed, hflip=data.hflip,
-                          channels_last=memory_format == torch.channels_last)
+    augmenter = Augmenter(data.mean, data.std, device, seed=cfg.seed, hflip=data.hflip)
     setup = _Setup(cfg=cfg, data=data, device=device, augmenter=augmenter,
                    train_x=data.train_x.to(device), train_y=data.train_y.to(device),
                    batches=max(1, len(data.train_y) // cfg.batch_size), amp_dtype=amp_dtype,
-                   memory_format=memory_format, scheduled=has_schedule(model))
+                   scheduled=has_schedule(model))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     return _Run(model=model, optimizer=_make_optimizer(model, cfg), scaler=scaler), setup
 
@@ -412,10 +471,10 @@ def _prepare(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConfig)
 def _finish(run: _Run, setup: _Setup, directory: Path | None) -> dict:
     """Convert to the deploy form, check it, measure final metrics on it, save its weights."""
     cfg, data = setup.cfg, setup.data
-    deployed = to_deploy(run.model).to(memory_format=setup.memory_format)
+    deployed = to_deploy(run.model).to(memory_format=run.format)
     diff = check_deploy(run.model, deployed, setup.check_batch())
     out: dict[str, Any] = {"deploy_max_abs_diff": max(diff, run.deploy_diff or 0.0)}
-    ev = (cfg.eval_batch_size, setup.device, data.mean, data.std, setup.memory_format)
+    ev = (cfg.eval_batch_size, setup.device, data.mean, data.std, run.format)
     out["val_acc"], out["val_loss"] = evaluate(deployed, data.val_x, data.val_y, *ev)
     if cfg.eval_test:
         out["test_acc"], out["test_loss"] = evaluate(deployed, data.test_x, data.test_y, *ev)
@@ -438,16 +497,20 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
     ckpt_path = directory / CHECKPOINT_NAME if directory is not None else None
     identity = _run_identity(cfg, data, meta or {})
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    start = time.perf_counter()
     if ckpt is not None:
         _check_identity(ckpt_path, ckpt.get("identity") or {}, identity)
         _resume(ckpt_path, ckpt, run, setup)
+    else:
+        _choose_format(run, setup)
+    run.seconds += time.perf_counter() - start  # the autotune probes count as training time
     stopped = False
-    ev = (cfg.eval_batch_size, setup.device, data.mean, data.std, setup.memory_format)
     while run.epoch < cfg.epochs and not stopped:
         start = time.perf_counter()
         train_loss, lr = _train_epoch(run, setup, run.epoch)
         train_time = time.perf_counter() - start
-        val_acc, val_loss = evaluate(run.model, data.val_x, data.val_y, *ev)
+        val_acc, val_loss = evaluate(run.model, data.val_x, data.val_y, cfg.eval_batch_size, setup.device,
+                                     data.mean, data.std, run.format)
         run.epoch += 1
         run.seconds += time.perf_counter() - start
         epoch_report = EpochReport(run.epoch, val_acc, val_loss, train_loss, run.seconds,
@@ -470,7 +533,7 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
         deploy_max_abs_diff=final["deploy_max_abs_diff"],
         checkpoint_path=str(ckpt_path) if ckpt_path is not None else None, stopped_early=stopped,
         test_loss=final.get("test_loss"), deploy_path=final.get("deploy_path"),
-        condensed_at=condensed_at, history=run.history,
+        condensed_at=condensed_at, memory_format=run.memory_format, tuning=run.tuning, history=run.history,
     )
 
 

@@ -1,0 +1,133 @@
+"""The bad-input catalogue: every mistake a user can make at the command line or in a study file
+gives one clear message naming the file or option and the fix, exit status 1, no traceback without
+--debug, and writes no file and no database row."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from search.cli import main
+
+GOOD = {
+    "study": "cat",
+    "data": {"dataset": "digits", "val_size": 100},
+    "families": {"rsnet": {}},
+    "budget": {"n_trials": 2},
+    "fidelity": {"epochs": 1},
+}
+
+
+def _study(**changes) -> dict:
+    raw = copy.deepcopy(GOOD)
+    for path, value in changes.items():
+        node, keys = raw, path.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is _DELETE:
+            node.pop(keys[-1])
+        else:
+            node[keys[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+# (id, study content (dict or raw text), extra CLI args, message fragment)
+STUDY_CASES = [
+    ("malformed-yaml", "study: x\nfamilies: [rsnet\n", [], "not valid YAML"),
+    ("not-a-mapping", "- just\n- a list\n", [], "must be a YAML mapping"),
+    ("unknown-top-key", _study(epochs=3), [], "epochs: unknown key"),
+    ("unknown-nested-key", _study(budget__trials=3), [], "budget.trials: unknown key"),
+    ("wrong-type", _study(budget__n_trials="ten"), [], "budget.n_trials: expected an integer"),
+    ("bool-for-int", _study(fidelity__epochs=True), [], "fidelity.epochs: expected an integer"),
+    ("missing-families", _study(families=_DELETE), [], "families: required key is missing"),
+    ("unknown-family", _study(families={"mobilenetv2": {}}), [], "families.mobilenetv2: unknown family"),
+    ("unknown-knob", _study(families={"rsnet": {"knobs": {"depth": 50}}}), [], "unknown knob 'depth'"),
+    ("impossible-range", _study(families={"rsnet": {"knobs": {"units.0": [5, 2]}}}), [], "low must be <= high"),
+    ("outside-range", _study(families={"rsnet": {"knobs": {"units.0": [1, 500]}}}), [], "outside the family's range"),
+    ("bad-choice", _study(families={"rsnet": {"knobs": {"groups": 3}}}), [], "not among the valid choices"),
+    ("negative-size", _study(data__val_size=-5), [], "data.val_size: must be > 0"),
+    ("unknown-dataset", _study(data__dataset="imagenet"), [], "unknown dataset 'imagenet'"),
+    ("unknown-objective", _study(objectives=["accuracy", "flops"]), [], "unknown objective 'flops'"),
+    ("unknown-sampler", _study(sampler={"name": "hyperband"}), [], "unknown sampler"),
+    ("bad-sampler-option", _study(sampler={"name": "nsga2", "options": {"bogus": 1}}), [], "sampler.options"),
+    ("asha-grace", _study(fidelity={"epochs": 2, "asha": {"grace_period": 2}}), [], "below fidelity.epochs"),
+    ("gpu-fraction", _study(resources={"gpus_per_trial": 1.5}), [], "whole number"),
+    ("ray-address", _study(ray={"address": "http://head"}), [], "ray.address"),
+    ("storage-not-url", _study(storage="runs/cat.db"), [], "expected an SQLAlchemy URL"),
+    ("budget-unreachable", _study(constraints={"max_params": 10}), [], "no probed architecture meets"),
+    ("missing-dataset", _study(data={"dataset": "npz", "root": "no/such/folder", "val_size": 10}), [],
+     "train.npz"),
+    ("missing-cifar", _study(data={"dataset": "cifar10", "root": "empty", "val_size": 10}), [], "cifar"),
+    ("val-too-large", _study(data__val_size=100000), [], "val_size"),
+    ("unwritable-storage", _study(storage="sqlite:////proc/effnas/study.db"), [], "cannot create"),
+    ("no-such-server-db", _study(storage="postgresql://nobody@127.0.0.1:9/none"), [], "cannot open the study database"),
+    ("n-trials-zero", _study(), ["--n-trials", "0"], "--n-trials must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("case_id,content,extra,message", STUDY_CASES, ids=[c[0] for c in STUDY_CASES])
+def test_bad_study_files(case_id, content, extra, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / "study.yaml"
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["run", str(path), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert "study.yaml" in err or "--n-trials" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_study_file_naming_another_studys_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "other.db"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{db}")
+    size = db.stat().st_size
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(storage=f"sqlite:///{db}")))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "holds the study/studies ['other'], not 'cat'" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db", "study.yaml"]
+    assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == ["other"]
+    assert db.stat().st_size == size
+
+
+def test_broken_npz_arrays(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "arrays"
+    data.mkdir()
+    np.savez(data / "train.npz", images=np.zeros((20, 8, 8, 3), np.float32), labels=np.zeros(20, np.int64))
+    np.savez(data / "test.npz", images=np.zeros((5, 8, 8, 3), np.uint8), labels=np.zeros(5, np.int64))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(data={"dataset": "npz", "root": "arrays", "val_size": 5})))
+    assert main(["run", str(path)]) == 1
+    assert "must be uint8" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays", "study.yaml"]
+
+
+def test_study_file_is_a_directory(tmp_path, capsys):
+    assert main(["run", str(tmp_path)]) == 1
+    assert "cannot read the study file" in capsys.readouterr().err
+
+
+def test_cli_misuse(capsys):
+    assert main(["run"]) == 1            # missing argument
+    assert main(["launch", "x.yaml"]) == 1  # unknown command
+    assert main(["status", "--json"]) == 1  # neither a study file nor --storage
+    assert "give a study file" in capsys.readouterr().err
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(budget__n_trials=0)))
+    with pytest.raises(Exception, match="budget.n_trials"):
+        main(["--debug", "run", str(path)])
