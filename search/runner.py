@@ -28,7 +28,7 @@ from search.config import StudyConfig
 from search import faults
 from search.errors import (DataError, SearchSpaceExhausted, StorageError, StudyLockedError,
                            WorkerStartError)
-from search.study import arch_key, open_study, set_constraints, sqlite_path, trial_status
+from search.study import arch_key, display_url, open_study, set_constraints, sqlite_path, trial_status
 
 __all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
 
@@ -122,7 +122,7 @@ class _DriverLock:
         except BlockingIOError:
             os.close(self.fd)
             raise StudyLockedError(
-                f"another driver is already running study {self.cfg.study!r} on {self.cfg.storage_url}; "
+                f"another driver is already running study {self.cfg.study!r} on {display_url(self.cfg.storage_url)}; "
                 f"wait for it or stop it (SQLite studies take one driver; use a PostgreSQL `storage:` URL "
                 f"to share a study between drivers)") from None
         os.ftruncate(self.fd, 0)
@@ -198,6 +198,7 @@ class Sweep:
         self.overhead_s = 0.0
         self.final_failures = 0
         self.shared_db = False
+        self.others_running: set[str] = set()
         self.started = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -329,7 +330,9 @@ class Sweep:
             self.stalls += 1
             self._line(f"trial {trial.number} {family} infeasible (macs {cost['macs']:,}, params {cost['params']:,})")
             return False
-        if key in self.known or any(f.key == key for f in self.inflight.values()):
+        if self.shared_db:
+            self._refresh_known(study)
+        if key in self.known or any(f.key == key for f in self.inflight.values()) or key in self.others_running:
             self._record_duplicate(study, trial, key, rec)
             return False
         rec["attempt"] = trial.user_attrs.get("attempt", 0)
@@ -345,12 +348,23 @@ class Sweep:
         self.overhead_s += time.perf_counter() - t0
         return True
 
+    def _refresh_known(self, study) -> None:
+        """On a shared database, architectures other drivers trained or are training count too."""
+        self.others_running = set()
+        for t in study.get_trials(deepcopy=False):
+            if trial_status(t) in _COUNTED:
+                self.known.setdefault(t.user_attrs.get("record", {}).get("arch_key"), t)
+            elif t.state == TrialState.RUNNING and "record_pending" in t.user_attrs:
+                self.others_running.add(t.user_attrs["record_pending"].get("arch_key"))
+
     def _is_surplus(self, study, trial) -> bool:
         """With several drivers, a trial asked after the budget was taken by others is released."""
         trials = study.get_trials(deepcopy=False)
+        # Trial numbers are handed out in order: a trial may train only if fewer than ``target``
+        # lower-numbered trials have used the budget or may still use it (any RUNNING one).
         ahead = sum(1 for t in trials if t.number < trial.number and (
             trial_status(t) in _COUNTED or (trial_status(t) == "failed" and t.user_attrs.get("final"))
-            or (t.state == TrialState.RUNNING and "record_pending" in t.user_attrs)))
+            or t.state == TrialState.RUNNING))
         if ahead < self.target:
             return False
         trial.set_user_attr("status", "surplus")
@@ -515,7 +529,7 @@ class Sweep:
                     self.known[t.user_attrs["record"]["arch_key"]] = t
             self.used_at_start = budget_used(trials)
             target = self.used_at_start + self.n_more if self.n_more is not None else self.cfg.budget.n_trials
-            self.log(f"study {self.cfg.study!r} in {self.cfg.storage_url}: {self.used_at_start} of {target} "
+            self.log(f"study {self.cfg.study!r} in {display_url(self.cfg.storage_url)}: {self.used_at_start} of {target} "
                      f"trials done" + (f", {recovered} interrupted trial(s) re-queued" if recovered else ""))
             if self.used_at_start >= target:
                 return self.summary

@@ -22,7 +22,7 @@ from search.errors import StorageError
 
 __all__ = [
     "arch_key", "open_storage", "open_study", "load_existing_study", "make_sampler", "sqlite_path",
-    "trial_status", "record", "set_constraints", "check_existing_database",
+    "trial_status", "record", "set_constraints", "check_existing_database", "display_url",
 ]
 
 # The trial record (user attributes; database keys, never rename):
@@ -39,6 +39,16 @@ _CONSTRAINTS_ATTR = "constraints"
 def arch_key(family: str, knobs: dict, fidelity: dict) -> str:
     blob = json.dumps({"family": family, "knobs": knobs, "fidelity": fidelity}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def display_url(url: str) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -64,8 +74,16 @@ def _constraints_of(trial: FrozenTrial) -> list[float]:
 
 
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The study's sampler; constrained samplers learn from the stored constraint values."""
+    """The study's sampler; constrained samplers learn from the stored constraint values.
+
+    Drivers sharing a server database would propose the very same sequence with one seed, so each
+    one offsets it by its process id there; a single SQLite driver keeps the seed as written."""
     s = cfg.sampler
+    if s.seed is not None and sqlite_path(cfg.storage_url) is None:
+        import dataclasses
+        import os
+
+        s = dataclasses.replace(s, seed=s.seed + os.getpid())
     opts = dict(s.options)
     # Optuna >= 5 reads constraints stored with Trial.set_constraint; older ones need a function.
     constrained = {} if NATIVE_CONSTRAINTS else {"constraints_func": _constraints_of}
@@ -114,7 +132,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
         cause = str(e).splitlines()[0][:300]
         if "DB access module" in cause:
             cause = "its database driver is not installed (PostgreSQL: pip install 'effnas[postgres]')"
-        raise StorageError(f"cannot open the study database {url!r}: {cause}") from None
+        raise StorageError(f"cannot open the study database {display_url(url)!r}: {cause.replace(url, display_url(url))}") from None
     if path is not None:
         _tune_sqlite(storage)
     return storage
@@ -187,7 +205,7 @@ def open_study(cfg: StudyConfig, create: bool = True) -> optuna.Study:
         study = optuna.create_study(study_name=cfg.study, storage=storage, directions=cfg.directions,
                                     sampler=make_sampler(cfg), load_if_exists=True)
     except Exception as e:
-        raise StorageError(f"cannot open study {cfg.study!r} in {cfg.storage_url!r}: {e}") from None
+        raise StorageError(f"cannot open study {cfg.study!r} in {display_url(cfg.storage_url)!r}: {e}") from None
     stored = study.user_attrs.get("objectives")
     if stored is None:
         study.set_user_attr("objectives", list(cfg.objectives))

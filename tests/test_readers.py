@@ -1,0 +1,81 @@
+"""Readers while a sweep writes: `status`, `export` and a tight loop of Optuna reads (what
+optuna-dashboard does) run in other processes against the same SQLite file. Neither the sweep nor
+any reader may fail with "database is locked"."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.study import load_existing_study, trial_status
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+DRIVER = """
+import sys
+from search.config import load_study
+from search.runner import Sweep
+from search.testing import cheap_trial
+Sweep(load_study(sys.argv[1]), trial_fn=cheap_trial).run()
+"""
+
+HAMMER = """
+import sys, time, optuna
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+url, deadline, n = sys.argv[1], time.time() + float(sys.argv[2]), 0
+while time.time() < deadline:
+    try:
+        study = optuna.load_study(study_name="readers", storage=url)
+    except KeyError:  # the driver has not created the study yet
+        time.sleep(0.05)
+        continue
+    study.get_trials(deepcopy=False)
+    study.best_trials
+    n += 1
+print(n)
+"""
+
+
+def test_readers_never_see_a_locked_database(tmp_path):
+    study = {
+        "study": "readers", "run_dir": str(tmp_path / "run"),
+        "data": {"dataset": "digits", "val_size": 200},
+        "families": {"igcv2": {}, "slimconv": {}},
+        "budget": {"n_trials": 60}, "fidelity": {"epochs": 1}, "sampler": {"name": "random", "seed": 1},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2},
+    }
+    path = tmp_path / "readers.yaml"
+    path.write_text(yaml.safe_dump(study))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "hammer.py").write_text(HAMMER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
+    run = lambda *a: subprocess.Popen([sys.executable, *a], cwd=tmp_path, env=env, text=True,  # noqa: E731
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    driver = run(str(tmp_path / "driver.py"), str(path))
+    while not (tmp_path / "run" / "study.db").exists() and driver.poll() is None:
+        time.sleep(0.1)
+    hammer = run(str(tmp_path / "hammer.py"), url, "25")
+    readers = []
+    while driver.poll() is None and len(readers) < 6:
+        readers.append(run("-m", "search", "status", str(path), "--json"))
+        readers.append(run("-m", "search", "export", str(path), "--out", str(tmp_path / f"export{len(readers)}")))
+        for r in readers[-2:]:
+            r.wait(timeout=300)
+    outputs = []
+    for r in [driver, hammer, *readers]:
+        out, err = r.communicate(timeout=600)
+        outputs.append((r.returncode, out, err))
+    for code, out, err in outputs:
+        assert code == 0, err[-2000:]
+        assert "locked" not in err.lower()
+    assert int(outputs[1][1].strip()) > 10  # the tight reader really read many times
+    assert len(readers) >= 2
+    trials = load_existing_study(url, "readers").get_trials()
+    assert sum(trial_status(t) == "trained" for t in trials) == 60
