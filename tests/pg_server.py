@@ -7,7 +7,7 @@ SQLAlchemy URL with a function that stops the server and removes the folder.
 
 PostgreSQL refuses to run as root: under root the server runs as the ``postgres`` system user, which
 owns the folder. Missing binaries or a missing psycopg2 skip the tests that need the server, except
-where ``EFFNAS_REQUIRE_POSTGRES=1`` (CI) makes them fail; ``ci/install_postgres.sh`` installs both.
+where ``EFFNAS_REQUIRE_POSTGRES=1`` (CI) makes them fail; ``.ci/install_postgres.sh`` installs both.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ __all__ = ["find_bindir", "require_postgres", "start_postgres", "postgres_url"]
 SERVER_USER = "postgres"
 DB_NAME = "effnas"
 ROLE = "effnas"
-INSTALL_HINT = "run ci/install_postgres.sh (Debian's postgresql package and psycopg2-binary)"
+INSTALL_HINT = "run .ci/install_postgres.sh (Debian's postgresql package and psycopg2-binary)"
 
 # Durability buys nothing for a database deleted after the tests; these make every commit cheap.
 _SERVER_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=60",

@@ -3,7 +3,7 @@
 # their own throwaway server from /usr/lib/postgresql/*/bin) and psycopg2 in the active Python
 # environment. Idempotent: each part is skipped when already present.
 #
-# Usage (inside the virtual environment the tests will use):  ci/install_postgres.sh
+# Usage (inside the virtual environment the tests will use):  .ci/install_postgres.sh [--server-only]
 set -euo pipefail
 
 have_server_binaries() {
@@ -31,6 +31,9 @@ fi
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
+
+# --server-only: psycopg2 comes with the project's test extras (pip install -e '.[test]').
+[ "${1:-}" = "--server-only" ] && exit 0
 
 PYTHON="${PYTHON:-python}"
 if "$PYTHON" -c "import psycopg2" 2>/dev/null; then
