@@ -85,6 +85,12 @@ def price(cfg: StudyConfig, family: str, knobs, data_meta: dict) -> tuple[dict, 
     return cost, constraints
 
 
+def get_family_knobs(pending) -> Any:
+    from space.registry import get_family
+
+    return get_family(pending.family).knobs_from_dict(pending.knobs)
+
+
 def budget_used(trials: list[FrozenTrial]) -> int:
     """Trials that occupied a worker to an outcome (a failed trial counts once no retry follows)."""
     used = sum(1 for t in trials if trial_status(t) in _COUNTED)
@@ -167,6 +173,17 @@ class _Heartbeat:
 
 
 @dataclass
+class _Pending:
+    """An asked trial whose architecture is being priced."""
+
+    trial: optuna.Trial
+    family: str
+    knobs: dict
+    key: str
+    asked_at: float
+
+
+@dataclass
 class _InFlight:
     trial: optuna.Trial
     family: str
@@ -199,6 +216,8 @@ class Sweep:
         self.final_failures = 0
         self.shared_db = False
         self.others_running: set[str] = set()
+        self.pricing: dict[Any, _Pending] = {}
+        self.pricer = None
         self.started = time.perf_counter()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -253,7 +272,7 @@ class Sweep:
         return ray
 
     def _start_workers(self, ray, asha_actor) -> int:
-        from search.worker import make_worker_class
+        from search.worker import make_pricer, make_worker_class
 
         res = self.cfg.resources
         total = ray.cluster_resources()
@@ -269,6 +288,7 @@ class Sweep:
         data_ref = ray.put(self.data)
         threads = max(1, int(res.cpus_per_trial))
         self._worker_factory = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, asha_actor)
+        self.pricer = make_pricer()
         self.idle_workers = [self._worker_factory() for _ in range(slots)]
         try:
             ray.get([w.ping.remote() for w in self.idle_workers])
@@ -303,24 +323,39 @@ class Sweep:
                  "latency": latency if latency is not None else float("inf")}
         return [float(table[o]) for o in self.cfg.objectives]
 
-    def _propose_one(self, study) -> bool:
-        """Ask for one architecture; returns True if it went to a worker."""
+    def _propose_one(self, study) -> None:
+        """Ask the study for one architecture and get it priced.
+
+        Pricing (the cost model, tens of ms for a deep dense network) runs on a separate pricer
+        process when there is one, so it overlaps with this driver's database work for the next
+        proposal; ``_decide`` takes over when the price is known."""
         t0 = time.perf_counter()
         trial = study.ask()
         if self.shared_db:  # beat at once: a trial with no heartbeat at all is never found stale
             study._storage.record_heartbeat(trial._trial_id)
         faults.checkpoint("asked")
         if self.shared_db and self._is_surplus(study, trial):
-            return False
+            return
         family, knobs = propose(trial, self.spaces)
         faults.checkpoint("proposed")
         knobs_d = _knobs_dict(knobs)
-        key = arch_key(family, knobs_d, self.fidelity)
-        if key not in self.costs:
-            self.costs[key] = price(self.cfg, family, knobs, self.data_meta)
+        pending = _Pending(trial, family, knobs_d, arch_key(family, knobs_d, self.fidelity), t0)
+        if pending.key in self.costs or self.pricer is None:
+            if pending.key not in self.costs:
+                self.costs[pending.key] = price(self.cfg, family, knobs, self.data_meta)
+            self._decide(study, pending)
+        else:
+            self.pricing[self.pricer.price.remote(self.cfg, family, knobs_d, self.data_meta)] = pending
+        self.overhead_s += time.perf_counter() - t0
+
+    def _decide(self, study, p: "_Pending") -> None:
+        """Record an over-budget or already-trained architecture at once, else send it to a worker."""
+        t0 = time.perf_counter()
+        trial, family, key = p.trial, p.family, p.key
         cost, constraints = self.costs[key]
-        rec = {"family": family, "knobs": knobs_d, "arch_key": key, "fidelity": self.fidelity,
-               "constraints": list(constraints.values()) or [0.0], **self.data_meta, **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")}}
+        rec = {"family": family, "knobs": p.knobs, "arch_key": key, "fidelity": self.fidelity,
+               "constraints": list(constraints.values()) or [0.0], **self.data_meta,
+               **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")}}
         if constraints and max(constraints.values()) > 0:
             if self.cfg.constraints.max_latency_ms is not None:
                 constraints = {**constraints, "max_latency_ms": 0.0}  # never measured: no verdict
@@ -329,24 +364,25 @@ class Sweep:
             self.summary.infeasible += 1
             self.stalls += 1
             self._line(f"trial {trial.number} {family} infeasible (macs {cost['macs']:,}, params {cost['params']:,})")
-            return False
+        elif self._is_duplicate(study, key):
+            self._record_duplicate(study, trial, key, rec)
+        else:
+            rec["attempt"] = trial.user_attrs.get("attempt", 0)
+            if constraints and self.cfg.constraints.max_latency_ms is None:
+                set_constraints(trial, constraints)  # else set with the measured latency on return
+            trial.set_user_attr("record_pending", rec)  # one write now; the full record lands with the result
+            worker = self.idle_workers.pop()
+            future = worker.run.remote(self._spec(trial.number, family, p.knobs, key))
+            self.inflight[future] = _InFlight(trial, family, key, rec, p.asked_at, worker)
+            faults.checkpoint("submitted")
+            self.stalls = 0
+        self.overhead_s += time.perf_counter() - t0
+
+    def _is_duplicate(self, study, key: str) -> bool:
         if self.shared_db:
             self._refresh_known(study)
-        if key in self.known or any(f.key == key for f in self.inflight.values()) or key in self.others_running:
-            self._record_duplicate(study, trial, key, rec)
-            return False
-        rec["attempt"] = trial.user_attrs.get("attempt", 0)
-        if constraints and self.cfg.constraints.max_latency_ms is None:
-            set_constraints(trial, constraints)  # else set with the measured latency on return
-        trial.set_user_attr("record_pending", rec)  # one write now; the full record lands with the result
-        spec = self._spec(trial.number, family, knobs_d, key)
-        worker = self.idle_workers.pop()
-        future = worker.run.remote(spec)
-        self.inflight[future] = _InFlight(trial, family, key, rec, t0, worker)
-        faults.checkpoint("submitted")
-        self.stalls = 0
-        self.overhead_s += time.perf_counter() - t0
-        return True
+        return (key in self.known or key in self.others_running
+                or any(f.key == key for f in self.inflight.values()))
 
     def _refresh_known(self, study) -> None:
         """On a shared database, architectures other drivers trained or are training count too."""
@@ -467,8 +503,18 @@ class Sweep:
                  f"stopped {s.stopped} failed {s.failed} infeasible {s.infeasible} dup {s.duplicate}")
 
     def _collect(self, study, ray, timeout: float | None) -> None:
-        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        ready, _ = ray.wait([*self.pricing, *self.inflight], num_returns=1, timeout=timeout)
         for future in ready:
+            if future in self.pricing:
+                pending = self.pricing.pop(future)
+                try:
+                    self.costs[pending.key] = ray.get(future)
+                except Exception:  # the pricer died: price here, and from now on always here
+                    self.pricer = None
+                    knobs = get_family_knobs(pending)
+                    self.costs[pending.key] = price(self.cfg, pending.family, knobs, self.data_meta)
+                self._decide(study, pending)
+                continue
             flight = self.inflight.pop(future)
             try:
                 out = ray.get(future)
@@ -563,11 +609,12 @@ class Sweep:
         self.target = target
         while True:
             out_of_time = deadline is not None and time.perf_counter() > deadline
-            while self.idle_workers and not (out_of_time or exhausted) and self._budget_left(study, target) > 0:
+            while (len(self.idle_workers) > len(self.pricing) and not (out_of_time or exhausted)
+                   and self._budget_left(study, target) - len(self.pricing) > 0):
                 exhausted = self.stalls >= self.cfg.budget.max_stalls
                 if not exhausted:
                     self._propose_one(study)
-            if not self.inflight:
+            if not self.inflight and not self.pricing:
                 break
             self._collect(study, ray, timeout=None)
         if exhausted:

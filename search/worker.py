@@ -12,7 +12,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-__all__ = ["train_architecture", "make_worker_class", "make_asha_actor"]
+__all__ = ["train_architecture", "make_worker_class", "make_asha_actor", "make_pricer"]
 
 TrialFn = Callable[[dict, Any, Callable], dict]
 
@@ -130,3 +130,31 @@ def make_asha_actor(asha):
             return self.rule.should_continue(epoch, accuracy)
 
     return AshaActor.remote(asha)
+
+
+class _Pricer:
+    """Runs the cost model next to the driver (not on a trial slot: it asks for no CPU)."""
+
+    def __init__(self):
+        import torch
+
+        torch.set_num_threads(1)
+
+    def price(self, cfg, family: str, knobs: dict, data_meta: dict):
+        from search.runner import price
+        from space.registry import get_family
+
+        return price(cfg, family, get_family(family).knobs_from_dict(knobs), data_meta)
+
+
+def make_pricer():
+    """The pricer actor, placed on the driver's node (costs are tiny messages, specs stay local)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actor = ray.remote(num_cpus=0)(_Pricer)
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        return actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+    except Exception:  # a client-mode driver has no node of its own
+        return actor.remote()

@@ -1,8 +1,11 @@
 """Cost model: parameters and multiply-accumulates of a configuration, without real weights.
 
-The network is built on the meta device (no memory, no initialisation cost), converted to its
-deploy form, and pushed through one meta forward pass at batch 1 while hooks on convolutions and
-linear layers add up MACs. FLOPs in effnas are always MACs (multiply-accumulates), as the papers
+The network is built on the meta device (no memory, no initialisation cost) and pushed through one
+meta forward pass at batch 1 while hooks on convolutions and linear layers add up MACs. Layers with
+a test-time form (learned group convolution, SFR) state their deploy-form params and MACs from
+shapes (``deploy_counts``), so one pass over the training form gives both forms' counts; a layer
+without that method makes the model go through the real conversion and a second pass instead. The
+tests check both ways against the built deploy model. FLOPs in effnas are always MACs (multiply-accumulates), as the papers
 count them; BN, activations, pooling and index layers are not counted (they are not in the papers'
 figures either, and ``torch.utils.flop_counter`` does not count them).
 """
@@ -84,6 +87,47 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _shortcut_counts(model: nn.Module, image_size, in_channels: int) -> Cost | None:
+    """Both forms' counts from one pass over the training form, when every layer with a deploy
+    form can state its deploy params/MACs from shapes (``deploy_counts``); else None."""
+    modules = list(model.modules())
+    deployable = [m for m in modules if m is not model and hasattr(m, "deploy")]
+    if not deployable or not all(hasattr(m, "deploy_counts") for m in deployable):
+        return None
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    inside = {id(c) for m in deployable for c in m.modules() if c is not m}
+    totals = {"train": 0, "deploy": 0, "param_delta": 0}
+
+    def plain(module, _inputs, output):
+        macs = _conv_macs(module, output) if isinstance(module, nn.Conv2d) else _linear_macs(module, output)
+        totals["train"] += macs
+        if id(module) not in inside:
+            totals["deploy"] += macs
+
+    def condensed(module, _inputs, output):
+        params, macs = module.deploy_counts(output)
+        totals["deploy"] += macs
+        totals["param_delta"] += params - sum(p.numel() for p in module.parameters())
+
+    handles = [m.register_forward_hook(plain) for m in modules if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles += [m.register_forward_hook(condensed) for m in deployable]
+    norms = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.forward = _identity
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, h, w, device=device))
+    finally:
+        for m in norms:
+            del m.forward
+        for handle in handles:
+            handle.remove()
+    train_params = count_params(model)
+    return Cost(params=train_params + totals["param_delta"], macs=totals["deploy"],
+                train_params=train_params, train_macs=totals["train"])
+
+
 def measure_module(model: nn.Module, image_size: int, in_channels: int = 3, inplace: bool = False) -> Cost:
     """Cost of a training-form network; ``inplace`` converts ``model`` itself for the deploy counts."""
     train_params = count_params(model)
@@ -98,4 +142,6 @@ def measure(family: str, knobs: Any, num_classes: int, image_size: int, in_chann
     fam = get_family(family)
     with torch.device("meta"):
         model = fam.build(knobs, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
-    return measure_module(model, image_size, in_channels, inplace=True)
+    model.eval()  # counting runs in eval mode (dropout, masks as they are)
+    return _shortcut_counts(model, image_size, in_channels) or measure_module(
+        model, image_size, in_channels, inplace=True)

@@ -344,6 +344,12 @@ class LearnedGroupConv(_Scheduled):
 
     # --- deploy -------------------------------------------------------------------------------
 
+    def deploy_counts(self, output: torch.Tensor) -> tuple[int, int]:
+        """(params, MACs per image) of :meth:`deploy`'s module, from shapes alone (cost model)."""
+        kept = self.in_channels // self.condense_factor
+        params = 2 * self.groups * kept + self.out_channels * kept  # BN on kept inputs + grouped 1x1
+        return params, self.out_channels * kept * output.shape[-2] * output.shape[-1]
+
     def deploy(self) -> CondensedGroupConv:
         """Index-select + BN + act + group conv + shuffle; equal to the masked layer at the final
         stage (see the module docstring for layers deployed earlier)."""
@@ -466,6 +472,12 @@ class SparseFeatureReactivation(_Scheduled):
         return w.clamp(min=1e-6).sqrt().sum()
 
     # --- deploy -------------------------------------------------------------------------------
+
+    def deploy_counts(self, output: torch.Tensor) -> tuple[int, int]:
+        """(params, MACs per image) of :meth:`deploy`'s module, from shapes alone (cost model)."""
+        kept = self.out_channels // self.sparse_factor
+        params = 2 * self.in_channels + kept * self.in_channels  # BN + grouped 1x1 to the kept outputs
+        return params, kept * self.in_channels * output.shape[-2] * output.shape[-1]
 
     def deploy(self) -> CondensedReactivation:
         """Group conv over the kept outputs + index_add into the input channels."""

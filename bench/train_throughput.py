@@ -1,0 +1,142 @@
+"""Training throughput: the effnas trainer against a loop written the way the official code trains.
+
+Both sides train the same network (a registered preset, same initial weights) on the same real
+CIFAR-10 images for the same short schedule, which covers both halves of the sparsification
+schedule (the learned group convolutions condense during the first half):
+
+- reference: the official CondenseNet recipe: masked layers all through training,
+  ``set_progress`` and the cosine learning rate every iteration, and torchvision transforms
+  (RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize) on PIL images in a
+  DataLoader;
+- effnas: ``trainers.train.train`` with its defaults (batch augmentation as tensor ops, timed
+  choice of memory format and of training the condensed form); its time includes everything the
+  call does: the autotune probes, per-epoch validation on a small set, the final deploy
+  conversion with its equality check and the final evaluation.
+
+The sides alternate (A B A B ...) in one process, so drift of a shared machine hits both alike;
+the script prints every run, the medians and their ratio (goal: >= 1.5x for condensenetv2-110 on
+2 CPU threads).
+
+    python bench/train_throughput.py                       # a few minutes
+    python bench/train_throughput.py --iters 100 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from space import build_model, get_preset, set_progress  # noqa: E402
+from trainers.data import DataConfig, DataSplits, load_data  # noqa: E402
+from trainers.train import TrainConfig, cosine_lr, train  # noqa: E402
+
+EPOCHS = 2  # the short schedule: two epochs of iters / 2 batches each
+
+
+class _ArrayImages(torch.utils.data.Dataset):
+    """uint8 NCHW arrays served as PIL images, as torchvision's CIFAR10 class serves them."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform) -> None:
+        self.x = np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy())
+        self.y = y.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        image = Image.fromarray(self.x[i] if self.x.shape[-1] == 3 else self.x[i, :, :, 0])
+        return self.transform(image), self.y[i]
+
+
+def reference_run(preset, data: DataSplits, batch: int, seed: int, workers: int) -> float:
+    """Seconds for the official-style loop over EPOCHS epochs of ``data.train_x``."""
+    import torchvision.transforms as T
+
+    torch.manual_seed(seed)
+    model = build_model(preset.family, preset.knobs, data.num_classes, data.image_size, data.in_channels)
+    transform = T.Compose([T.RandomCrop(data.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(data.mean, data.std)])
+    loader = torch.utils.data.DataLoader(_ArrayImages(data.train_x, data.train_y, transform), batch_size=batch,
+                                         shuffle=True, num_workers=workers, drop_last=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    total = EPOCHS * len(loader)
+    model.train()
+    start = time.perf_counter()
+    for epoch in range(EPOCHS):
+        for i, (x, y) in enumerate(loader):
+            iteration = epoch * len(loader) + i
+            set_progress(model, iteration / total)
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(iteration, total, 0.1)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return time.perf_counter() - start
+
+
+def effnas_run(preset, data: DataSplits, batch: int, seed: int, threads: int) -> tuple[float, object]:
+    """Seconds for one ``train`` call over the same schedule, and its result."""
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=batch, threads=threads, seed=seed, device="cpu")
+    start = time.perf_counter()
+    result = train(preset.family, preset.knobs, data, cfg)
+    return time.perf_counter() - start, result
+
+
+def _describe(result) -> str:
+    form = f"condensed at progress {result.condensed_at:.2f}" if result.condensed_at is not None else "masked throughout"
+    probes = ", ".join(f"{k}: " + " ".join(f"{o}={t * 1000:.0f}ms" for o, t in v.items())
+                       for k, v in result.tuning.items())
+    return f"{result.memory_format}, {form} [{probes}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="condensenetv2-110")
+    parser.add_argument("--iters", type=int, default=24, help="training iterations per run (both halves)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="reference DataLoader workers")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10"),
+                        help="folder with train.npz / test.npz (real CIFAR-10)")
+    args = parser.parse_args(argv)
+    if args.iters < 2 * EPOCHS or args.iters % EPOCHS:
+        parser.error(f"--iters must be a multiple of {EPOCHS}, at least {2 * EPOCHS}")
+
+    torch.set_num_threads(args.threads)
+    preset = get_preset(args.preset)
+    images = args.iters // EPOCHS * args.batch
+    data = load_data(DataConfig("npz", root=args.data, train_size=images, val_size=64, test_size=0,
+                                image_size=preset.image_size))
+    print(f"{args.preset}: {args.iters} iterations of {args.batch} images ({EPOCHS} epochs of {images}), "
+          f"{args.threads} threads, {args.repeats} runs per side alternating")
+    ref, ours = [], []
+    for r in range(args.repeats):
+        seconds = reference_run(preset, data, args.batch, r, args.workers)
+        ref.append(args.iters * args.batch / seconds)
+        print(f"  reference run {r}: {ref[-1]:6.1f} images/s ({seconds:.1f} s)", flush=True)
+        seconds, result = effnas_run(preset, data, args.batch, r, args.threads)
+        ours.append(args.iters * args.batch / seconds)
+        print(f"  effnas    run {r}: {ours[-1]:6.1f} images/s ({seconds:.1f} s; {_describe(result)})", flush=True)
+    ratio = statistics.median(ours) / statistics.median(ref)
+    print(f"median images/s: reference {statistics.median(ref):.1f}, effnas {statistics.median(ours):.1f}")
+    print(f"ratio effnas / reference: {ratio:.2f}x (goal >= 1.5x)")
+    return 0 if math.isfinite(ratio) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
