@@ -237,9 +237,10 @@ class Sweep:
             study._storage.set_trial_user_attr(t._trial_id, "failure_reason",
                                                "interrupted: the driver stopped while this trial ran")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
-                                                      "attempt": t.user_attrs.get("attempt", 0)},
-                                skip_if_exists=False)
+            if t.params:  # a trial killed before it drew anything has nothing to retry
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
+                                                          "attempt": t.user_attrs.get("attempt", 0)},
+                                    skip_if_exists=False)
         return len(stale)
 
     def _load_data(self):

@@ -147,6 +147,8 @@ _STALE_CALLBACK_ARG = ("heartbeat_stale_trial_callback"
 
 def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial whose driver stopped beating: queue its parameters again (same rule as on SQLite)."""
+    if not trial.params:
+        return
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
                                                   "attempt": trial.user_attrs.get("attempt", 0),
                                                   "retry_reason": "its driver stopped (no heartbeat)"},

@@ -23,7 +23,8 @@ from space.layers import LearnedGroupConv, SparseFeatureReactivation
 from trainers.checkpoint import CHECKPOINT_NAME, DEPLOY_NAME
 from trainers.data import DataConfig, DataSplits, load_data
 from trainers.latency import measure_latency
-from trainers.train import (EpochReport, NonFiniteLossError, TrainConfig, evaluate, train, train_model)
+from trainers.train import EpochReport, NonFiniteLossError, TrainConfig, evaluate, train, train_model
+from trainers.tune import time_step
 
 
 class TinyNet(nn.Module):
@@ -171,6 +172,29 @@ def test_huge_learning_rate_diverges(digits):
     with pytest.raises(NonFiniteLossError) as info:
         train_model(TinyNet, digits, TrainConfig(epochs=3, lr=1e6))
     assert info.value.epoch == 1 and 1 <= info.value.step <= 17
+
+
+def test_autotune_keeps_the_fastest_option(digits):
+    result = train_model(TinyNet, digits, TrainConfig(epochs=3, seed=1))
+    formats = result.tuning["memory_format"]
+    assert set(formats) == {"contiguous", "channels_last"} and all(t > 0 for t in formats.values())
+    condense = result.tuning["condense"]  # timed once, at the first iteration with final masks
+    assert set(condense) == {f"train/{min(formats, key=formats.get)}", "condensed/contiguous",
+                             "condensed/channels_last"}
+    form, fmt = min(condense, key=condense.get).split("/")
+    assert (result.condensed_at is not None) == (form == "condensed")
+    assert result.memory_format == fmt and result.val_acc > 0.5
+
+
+def test_time_step_has_no_side_effects():
+    torch.manual_seed(0)
+    model = TinyNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    assert time_step(model, x, y, torch.channels_last) > 0
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too
 
 
 def test_eval_test_and_latency(digits):
