@@ -201,6 +201,7 @@ def _png(points: list[dict], title: str) -> bytes:
     # Figure + Agg canvas directly: no pyplot, so the caller's matplotlib backend is left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(12, 5), dpi=100)
     FigureCanvasAgg(fig)
@@ -216,6 +217,8 @@ def _png(points: list[dict], title: str) -> bytes:
                        label=f"front: {fam}", zorder=3)
         if points and min(p[cost] for p in points) > 0:
             ax.set_xscale("log")
+            # Minor-tick labels of a log axis spanning a few decades overlap: label decades only.
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("MACs" if cost == "macs" else "params")
         ax.set_title(f"accuracy vs {'MACs' if cost == 'macs' else 'params'}")
         ax.grid(alpha=0.3)

@@ -528,4 +528,7 @@ class CondensedReactivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(self.regroup(_pre_activation(x, self.norm, self.act, self.drop)))
         n, _, h, w = y.shape
-        return y.new_zeros(n, self.out_channels, h, w).index_add_(1, self.index, y)
+        # scatter_add with a broadcast index rather than index_add: the same sums, and the ONNX
+        # exporter translates it faithfully (it turns a repeated-index index_add into an overwrite).
+        index = self.index.view(1, -1, 1, 1).expand_as(y)
+        return y.new_zeros(n, self.out_channels, h, w).scatter_add_(1, index, y)

@@ -190,8 +190,8 @@ def test_time_step_has_no_side_effects():
     torch.manual_seed(0)
     model = TinyNet()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rng = torch.get_rng_state()
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    rng = torch.get_rng_state()
     assert time_step(model, x, y, torch.channels_last) > 0
     assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too

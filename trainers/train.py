@@ -17,11 +17,11 @@ with the copies the conversion made of one parameter kept tied (:mod:`trainers.c
 forms compute the same function and take the same SGD steps, so this changes the cost of the
 second half of training, not its result (up to float rounding).
 
-Autotuning (``autotune``, :mod:`trainers.tune`): before the first step the trainer times a
-training step in NCHW and channels-last and keeps the faster; at the switch it times the masked
-form against the condensed form (in both layouts) and switches only if that is faster. Neither
-choice changes what is computed, only how fast (results agree up to float rounding). Without
-``autotune``: channels-last on CUDA only, and the switch as soon as the masks are final.
+Autotuning (``autotune``, :mod:`trainers.tune`): the first training steps alternate between NCHW
+and channels-last and training continues in the faster; at the switch the masked form is timed
+against the condensed form (in both layouts) and training switches only if that is faster.
+Neither choice changes what is computed, only how fast (results agree up to float rounding).
+Without ``autotune``: channels-last on CUDA only, and the switch as soon as the masks are final.
 
 After the last epoch the network is converted to its deploy form, checked equal to the training
 form, and the final metrics are measured on the deploy form.
@@ -49,12 +49,12 @@ from trainers.condense import (carry_momentum, check_deploy, element_sources, fi
                                tie_gradients)
 from trainers.data import DataSplits
 from trainers.latency import measure_latency
-from trainers.tune import PROBE_IMAGES, fastest, time_step
+from trainers.tune import PROBE_IMAGES, FormatTrial, fastest, time_step
 
 __all__ = ["TrainConfig", "EpochReport", "TrainResult", "NonFiniteLossError", "train", "train_model",
            "evaluate", "cosine_lr"]
 
-CHECK_BATCH = 64  # validation images used for the deploy-equality check
+CHECK_BATCH = 32  # validation images used for the deploy-equality check
 _FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 _FORMAT = 1  # checkpoint layout version
 
@@ -172,6 +172,11 @@ def _make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if not (cfg.amp and device.type == "cuda"):
         return None
@@ -228,6 +233,7 @@ class _Run:
     deploy_diff: float | None = None
     ties: dict = field(default_factory=dict)  # condensed parameters holding copies of one element
     memory_format: str = "contiguous"  # key of _FORMATS
+    format_trial: FormatTrial | None = None  # memory formats still being timed
     tuning: dict = field(default_factory=dict)  # autotune timings
     history: list = field(default_factory=list)
 
@@ -275,16 +281,30 @@ def _set_format(run: _Run, setup: _Setup, name: str) -> None:
     setup.augmenter.memory_format = _FORMATS[name]
 
 
-def _choose_format(run: _Run, setup: _Setup) -> None:
-    """Before the first step: the faster memory format for this network on this machine."""
+def _start_format(run: _Run, setup: _Setup) -> None:
+    """Before the first step: one memory format, or a trial of the allowed ones."""
     options = _format_options(setup.cfg, setup.device)
     if len(options) > 1:
-        x = setup.augmenter.eval(setup.train_x[:PROBE_IMAGES])
-        times = {f: time_step(run.model, x, setup.train_y[:PROBE_IMAGES], _FORMATS[f], setup.amp_dtype)
-                 for f in options}
-        run.tuning["memory_format"] = times
-        options = [fastest(times)]
+        run.format_trial = FormatTrial(options)
     _set_format(run, setup, options[0])
+
+
+def _trial_format(run: _Run, setup: _Setup) -> bool:
+    """Put the model in the format the trial wants for this step; False when no trial runs."""
+    if run.format_trial is None:
+        return False
+    _set_format(run, setup, run.format_trial.current())
+    _sync(setup.device)
+    return True
+
+
+def _record_format(run: _Run, setup: _Setup, seconds: float) -> None:
+    trial = run.format_trial
+    trial.record(seconds)
+    if trial.done:
+        run.tuning["memory_format"] = dict(trial.times)
+        run.format_trial = None
+        _set_format(run, setup, trial.best())
 
 
 def _maybe_condense(run: _Run, setup: _Setup, iteration: int, changed: bool,
@@ -304,9 +324,11 @@ def _condensed_format(run: _Run, setup: _Setup, deployed: nn.Module, x: torch.Te
     """Memory format to train the condensed form in, or None where the masked form is faster."""
     if not setup.cfg.autotune:
         return run.memory_format
-    times = {("train", run.memory_format): time_step(run.model, x, y, run.format, setup.amp_dtype)}
+    # The masked form is warm in its format; a slow single run of a condensed candidate only
+    # keeps the masked form, the safe side.
+    times = {("train", run.memory_format): time_step(run.model, x, y, run.format, setup.amp_dtype, warmup=0)}
     for f in _format_options(setup.cfg, setup.device):
-        times[("condensed", f)] = time_step(deployed, x, y, _FORMATS[f], setup.amp_dtype)
+        times[("condensed", f)] = time_step(deployed, x, y, _FORMATS[f], setup.amp_dtype, repeats=1)
     run.tuning["condense"] = {f"{form}/{f}": t for (form, f), t in times.items()}
     form, fmt = fastest(times)
     return fmt if form == "condensed" else None
@@ -315,10 +337,10 @@ def _condensed_format(run: _Run, setup: _Setup, deployed: nn.Module, x: torch.Te
 def _switch_to_condensed(run: _Run, setup: _Setup, iteration: int, x: torch.Tensor, y: torch.Tensor) -> None:
     model = run.model
     deployed = to_deploy(model)
-    run.deploy_diff = max(run.deploy_diff or 0.0, check_deploy(model, deployed, setup.check_batch()))
     fmt = _condensed_format(run, setup, deployed, x, y)
     if fmt is None:
         return
+    run.deploy_diff = max(run.deploy_diff or 0.0, check_deploy(model, deployed, setup.check_batch()))
     optimizer = _make_optimizer(deployed, setup.cfg)
     sources = element_sources(model, deployed)
     carry_momentum(run.optimizer, model, optimizer, deployed, sources)
@@ -348,6 +370,8 @@ def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
     run.model.train()
     checked, lr = 0, cfg.lr
     for i in range(setup.batches):
+        timed = _trial_format(run, setup)
+        start = time.perf_counter()
         iteration = epoch * setup.batches + i
         idx = order[i * batch:(i + 1) * batch]
         x = aug.train(setup.train_x[idx]) if cfg.augment else aug.eval(setup.train_x[idx])
@@ -369,6 +393,9 @@ def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if timed:
+            _sync(setup.device)
+            _record_format(run, setup, time.perf_counter() - start)
     _check_finite(losses, checked, setup.batches, epoch, lr)
     return float(losses.mean()), lr
 
@@ -396,6 +423,7 @@ def _save_checkpoint(path: Path, run: _Run, setup: _Setup, identity: dict) -> No
         "deploy_diff": run.deploy_diff,
         "ties": run.ties,
         "memory_format": run.memory_format,
+        "format_trial": run.format_trial.state() if run.format_trial is not None else None,
         "tuning": run.tuning,
         "seconds": run.seconds,
         "history": run.history,
@@ -443,6 +471,7 @@ def _resume(path: Path, ckpt: dict, run: _Run, setup: _Setup) -> None:
     run.switch_iteration, run.probe_pending = ckpt["switch_iteration"], ckpt["probe_pending"]
     run.deploy_diff, run.history, run.ties = ckpt["deploy_diff"], list(ckpt["history"]), ckpt["ties"]
     run.tuning = ckpt["tuning"]
+    run.format_trial = FormatTrial(**ckpt["format_trial"]) if ckpt["format_trial"] is not None else None
     tie_gradients(run.model, run.ties)
 
 
@@ -497,13 +526,11 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
     ckpt_path = directory / CHECKPOINT_NAME if directory is not None else None
     identity = _run_identity(cfg, data, meta or {})
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
-    start = time.perf_counter()
     if ckpt is not None:
         _check_identity(ckpt_path, ckpt.get("identity") or {}, identity)
         _resume(ckpt_path, ckpt, run, setup)
     else:
-        _choose_format(run, setup)
-    run.seconds += time.perf_counter() - start  # the autotune probes count as training time
+        _start_format(run, setup)
     stopped = False
     while run.epoch < cfg.epochs and not stopped:
         start = time.perf_counter()

@@ -6,25 +6,30 @@ channels-last makes a training step of the dense CondenseNet(V2) / RSNet network
 but IGCV2 and SlimConv-ResNet 1.4-1.7x slower; and the condensed form of CondenseNetV2-110, with
 4x fewer multiply-adds in its learned group convolutions, trains 1.1x (NCHW) to 2x (channels-last)
 slower than the masked form, because these 1x1 convolutions are memory-bound and the condensed
-form adds index_select / index_add / shuffle copies. So the trainer times the candidates.
+form adds index_select / index_add / shuffle copies. So the trainer times the candidates, and wastes as little work on it as it can:
 
-A probe runs forward + backward of a copy of the model on a small batch (16 images are enough: the
-ratios match batch 64 within a few percent), once to warm up and twice timed, keeping the faster
-of the two (a busy shared machine only ever adds time). Copies and a forked random state keep the
-probe free of side effects: the trained model, its BN statistics and every random stream are
-untouched.
+- memory format (:class:`FormatTrial`): the first real training steps alternate between the
+  formats (one warm-up round, then ``rounds`` timed rounds) and training goes on in the faster
+  one; no step is thrown away, the cost is only the steps run in the slower format.
+- condensed form (:func:`time_step`): a probe runs forward + backward of a copy of each candidate
+  on a small batch (16 images are enough: the ratios match batch 64 within a few percent). Copies
+  and a forked random state keep it free of side effects: the trained model, its BN statistics
+  and every random stream are untouched.
+
+Timings keep the fastest of repeated runs: a busy shared machine only ever adds time.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import time
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PROBE_IMAGES", "time_step", "fastest"]
+__all__ = ["PROBE_IMAGES", "FormatTrial", "time_step", "fastest"]
 
 PROBE_IMAGES = 16
 
@@ -35,21 +40,22 @@ def _sync(device: torch.device) -> None:
 
 
 def time_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, memory_format: torch.memory_format,
-              amp_dtype: torch.dtype | None = None, repeats: int = 2) -> float:
-    """Seconds of the fastest of ``repeats`` forward + backward passes of a copy of ``model``."""
+              amp_dtype: torch.dtype | None = None, repeats: int = 2, warmup: int = 1) -> float:
+    """Seconds of the fastest of ``repeats`` forward + backward passes of a copy of ``model``,
+    after ``warmup`` untimed ones (0 for a model that has just been running in this format)."""
     device = x.device
     probe = copy.deepcopy(model).train().to(memory_format=memory_format)
     x = x.contiguous(memory_format=memory_format)
     best = float("inf")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for i in range(repeats + 1):
+        for i in range(warmup + repeats):
             _sync(device)
             start = time.perf_counter()
             with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
                 loss = F.cross_entropy(probe(x), y)
             loss.backward()
             _sync(device)
-            if i:
+            if i >= warmup:
                 best = min(best, time.perf_counter() - start)
             probe.zero_grad(set_to_none=True)
     return best
@@ -58,3 +64,38 @@ def time_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, memory_format:
 def fastest(times: dict) -> object:
     """Key of the smallest time (the first one listed wins a tie)."""
     return min(times, key=times.get)
+
+
+@dataclass
+class FormatTrial:
+    """Alternate memory formats over the first training steps; keep the fastest.
+
+    ``current()`` names the format for the next step, ``record(seconds)`` its time; the first
+    round warms each format up (new kernels, first allocations) and is not counted. Plain data, so
+    a checkpoint can hold it (:meth:`state`, ``FormatTrial(**state)``).
+    """
+
+    options: list
+    rounds: int = 2
+    step: int = 0
+    times: dict = field(default_factory=dict)
+
+    def current(self) -> str | None:
+        schedule = self.options * (self.rounds + 1)
+        return schedule[self.step] if self.step < len(schedule) else None
+
+    def record(self, seconds: float) -> None:
+        name = self.current()
+        if self.step >= len(self.options):
+            self.times[name] = min(self.times.get(name, float("inf")), seconds)
+        self.step += 1
+
+    @property
+    def done(self) -> bool:
+        return self.current() is None
+
+    def best(self) -> str:
+        return fastest(self.times) if self.times else self.options[0]
+
+    def state(self) -> dict:
+        return asdict(self)
