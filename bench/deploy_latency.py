@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(measure_latency(model, preset.image_size, repeats=args.runs))
         print(f"  run {r}: masked {times['masked'][-1]:.2f} ms, deploy {times['deploy'][-1]:.2f} ms", flush=True)
     a, b = statistics.median(times["masked"]), statistics.median(times["deploy"])
-    print(f"median latency: masked {a:.2f} ms, deploy {b:.2f} ms")
-    print(f"ratio deploy / masked: {b / a:.2f}x (goal <= 0.5x)")
+    print(f"median latency: masked {a:.2f} ms, deploy {b:.2f} ms; "
+          f"best: masked {min(times['masked']):.2f} ms, deploy {min(times['deploy']):.2f} ms")
+    print(f"ratio deploy / masked: {b / a:.2f}x of medians, "
+          f"{min(times['deploy']) / min(times['masked']):.2f}x of best (goal <= 0.5x)")
     return 0
 
 

@@ -10,6 +10,8 @@ import hashlib
 import inspect
 import warnings
 import json
+import random
+import time
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -125,9 +127,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
     shared = {} if path is not None else {"heartbeat_interval": HEARTBEAT_S, "grace_period": 6 * HEARTBEAT_S,
                                           _STALE_CALLBACK_ARG: requeue_stale_trial}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **shared)
+        storage = _create_rdb_storage(url, engine_kwargs, shared)
     except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
         cause = str(e).splitlines()[0][:300]
         if "DB access module" in cause:
@@ -136,6 +136,26 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
     if path is not None:
         _tune_sqlite(storage)
     return storage
+
+
+# Two drivers starting together on an empty server database both create Optuna's tables; the
+# loser sees a unique-key or "already exists" error. The tables are there then: open again.
+_SCHEMA_RACE_MARKERS = ("already exists", "duplicate key", "UniqueViolation", "Duplicate entry")
+_SCHEMA_RACE_TRIES = 6
+
+
+def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], shared: dict[str, Any]):
+    for attempt in range(_SCHEMA_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **shared)
+        except Exception as e:
+            lost_race = any(marker in str(e) for marker in _SCHEMA_RACE_MARKERS)
+            if not lost_race or attempt == _SCHEMA_RACE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")
 
 
 HEARTBEAT_S = 5

@@ -198,3 +198,42 @@ def test_missing_database_via_cli_is_one_line_status_1(tmp_path, postgres_url): 
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
     assert "no_such_db" in lines[0] and "does not exist" in lines[0] and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nodb.yaml"]  # nothing created
+
+
+def _fresh_database(url: str, name: str) -> str:
+    """A new empty database on the test server; its URL."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as con:
+        con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def test_drivers_starting_together_on_an_empty_database_both_open_it(postgres_url):  # noqa: F811
+    """Drivers that start at the same moment all create Optuna's tables; none may fail for it."""
+    import threading
+
+    from search.study import open_storage
+
+    for round_ in range(3):
+        url = _fresh_database(postgres_url, f"race{round_}")
+        start, errors, storages = threading.Barrier(4), [], []
+
+        def open_at_once():
+            start.wait()
+            try:
+                storages.append(open_storage(url, create=True))
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=open_at_once) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, f"round {round_}: {errors}"
+        assert len(storages) == 4
+        for storage in storages:
+            storage.engine.dispose()

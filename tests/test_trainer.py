@@ -6,6 +6,8 @@ each run takes well under a second; the last test trains every registered family
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import math
 import pickle
@@ -21,10 +23,11 @@ from torch import nn
 from space.convert import set_progress, to_deploy
 from space.layers import LearnedGroupConv, SparseFeatureReactivation
 from trainers.checkpoint import CHECKPOINT_NAME, DEPLOY_NAME
+from trainers.condense import DeployMismatchError, check_deploy
 from trainers.data import DataConfig, DataSplits, load_data
 from trainers.latency import measure_latency
 from trainers.train import EpochReport, NonFiniteLossError, TrainConfig, evaluate, train, train_model
-from trainers.tune import time_step
+from trainers.tune import FormatTrial, time_step
 
 
 class TinyNet(nn.Module):
@@ -103,7 +106,7 @@ def _at_progress(model: nn.Module, progress: float) -> nn.Module:
 
 def test_condensed_training_follows_masked_training(digits, tmp_path):
     """Same SGD steps in both forms (momentum carried, duplicated BN copies tied): same result."""
-    masked = train_model(TinyNet, digits, TrainConfig(**{**CFG.__dict__, "condensed_training": False}),
+    masked = train_model(TinyNet, digits, dataclasses.replace(CFG, condensed_training=False),
                          checkpoint_dir=tmp_path / "masked")
     condensed = train_model(TinyNet, digits, CFG, checkpoint_dir=tmp_path / "condensed")
     assert masked.condensed_at is None and condensed.condensed_at == pytest.approx(SWITCH)
@@ -148,7 +151,7 @@ def test_resume_refuses_a_different_run(digits, tmp_path):
         return False
 
     train_model(TinyNet, digits, CFG, report=stop, checkpoint_dir=tmp_path)
-    other = TrainConfig(**{**CFG.__dict__, "lr": 0.2})
+    other = dataclasses.replace(CFG, lr=0.2)
     with pytest.raises(ValueError, match=r"different run \(recipe.lr: saved 0.1, now 0.2\)"):
         train_model(TinyNet, digits, other, checkpoint_dir=tmp_path)
 
@@ -195,6 +198,27 @@ def test_time_step_has_no_side_effects():
     assert time_step(model, x, y, torch.channels_last) > 0
     assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too
+
+
+def test_format_trial_alternates_then_keeps_the_fastest():
+    trial = FormatTrial(["contiguous", "channels_last"])
+    seen = []
+    for seconds in (9.0, 9.0, 2.0, 1.5, 3.0, 1.0):  # first round: warm-up, not counted
+        seen.append(trial.current())
+        trial.record(seconds)
+        if trial.step == 3:
+            trial = FormatTrial(**pickle.loads(pickle.dumps(trial.state())))  # as a checkpoint holds it
+    assert seen == ["contiguous", "channels_last"] * 3 and trial.done and trial.current() is None
+    assert trial.times == {"contiguous": 2.0, "channels_last": 1.0} and trial.best() == "channels_last"
+
+
+def test_deploy_mismatch_fails_loudly():
+    torch.manual_seed(0)
+    model, other = TinyNet().eval(), TinyNet().eval()
+    x = torch.randn(4, 1, 8, 8)
+    assert check_deploy(model, copy.deepcopy(model), x) == 0.0
+    with pytest.raises(DeployMismatchError, match=r"max abs output difference .* above 0.001 x max"):
+        check_deploy(model, other, x)
 
 
 def test_eval_test_and_latency(digits):

@@ -1,8 +1,9 @@
 """Switching a network from its masked training form to the condensed (deploy) form.
 
 Once every mask is final, the masked training form and the condensed form compute the same
-function, and the condensed one does a fraction of the work (CondenseNet's learned group
-convolutions keep 1/C of their inputs). The trainer then keeps training the condensed form.
+function, and the condensed one has a fraction of the multiply-adds (CondenseNet's learned group
+convolutions keep 1/C of their inputs). Whether that makes it faster to train depends on the
+machine (see :mod:`trainers.tune`); where it does, the trainer continues on the condensed form.
 
 To continue SGD exactly, each condensed parameter's momentum must be the momentum of the training
 weights it was copied from. Which element came from where is read off the conversion itself, so

@@ -1,7 +1,8 @@
 """Training one architecture: SGD with a per-iteration cosine schedule, the papers' CIFAR recipe.
 
-Reads top to bottom (nanoGPT style): configuration, small helpers, one epoch, the condensation
-switch, checkpoints, then :func:`train_model`, the loop that ties them together.
+Reads top to bottom (nanoGPT style): configuration, small helpers, run state, memory format and
+condensation switch, one epoch, checkpoints, then :func:`train_model`, the loop that ties them
+together.
 
 Recipe (CondenseNet / CondenseNetV2 official code): SGD, momentum 0.9, nesterov, weight decay
 1e-4, batch 64, learning rate 0.1 decayed by a cosine stepped every iteration, progress
