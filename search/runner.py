@@ -28,11 +28,13 @@ from search.config import StudyConfig
 from search import faults
 from search.errors import (DataError, SearchSpaceExhausted, StorageError, StudyLockedError,
                            WorkerStartError)
-from search.study import arch_key, display_url, open_study, set_constraints, sqlite_path, trial_status
+from search.study import (arch_key, display_url, open_study, params_in_one_write, set_constraints, sqlite_path,
+                          trial_status)
 
 __all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
 
 _COUNTED = ("trained", "stopped")
+_LOOKAHEAD = 1  # architectures asked and priced ahead of the free workers
 
 
 @dataclass
@@ -155,9 +157,10 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
-            for flight in list(self.sweep.inflight.values()):
+            waiting = [p.trial for p, _ in list(self.sweep.ready)]
+            for trial in [f.trial for f in list(self.sweep.inflight.values())] + waiting:
                 try:
-                    self.study._storage.record_heartbeat(flight.trial._trial_id)
+                    self.study._storage.record_heartbeat(trial._trial_id)
                 except Exception:  # a missed beat is retried at the next interval
                     pass
 
@@ -217,6 +220,7 @@ class Sweep:
         self.shared_db = False
         self.others_running: set[str] = set()
         self.pricing: dict[Any, _Pending] = {}
+        self.ready: list[tuple[_Pending, dict]] = []  # priced, trainable, waiting for a free worker
         self.pricer = None
         self.started = time.perf_counter()
 
@@ -337,7 +341,8 @@ class Sweep:
         faults.checkpoint("asked")
         if self.shared_db and self._is_surplus(study, trial):
             return
-        family, knobs = propose(trial, self.spaces)
+        with params_in_one_write(trial):
+            family, knobs = propose(trial, self.spaces)
         faults.checkpoint("proposed")
         knobs_d = _knobs_dict(knobs)
         pending = _Pending(trial, family, knobs_d, arch_key(family, knobs_d, self.fidelity), t0)
@@ -372,18 +377,24 @@ class Sweep:
             if constraints and self.cfg.constraints.max_latency_ms is None:
                 set_constraints(trial, constraints)  # else set with the measured latency on return
             trial.set_user_attr("record_pending", rec)  # one write now; the full record lands with the result
-            worker = self.idle_workers.pop()
-            future = worker.run.remote(self._spec(trial.number, family, p.knobs, key))
-            self.inflight[future] = _InFlight(trial, family, key, rec, p.asked_at, worker)
-            faults.checkpoint("submitted")
             self.stalls = 0
+            if self.idle_workers:
+                self._submit(p, rec)
+            else:
+                self.ready.append((p, rec))
         self.overhead_s += time.perf_counter() - t0
+
+    def _submit(self, p: "_Pending", rec: dict) -> None:
+        worker = self.idle_workers.pop()
+        future = worker.run.remote(self._spec(p.trial.number, p.family, p.knobs, p.key))
+        self.inflight[future] = _InFlight(p.trial, p.family, p.key, rec, p.asked_at, worker)
+        faults.checkpoint("submitted")
 
     def _is_duplicate(self, study, key: str) -> bool:
         if self.shared_db:
             self._refresh_known(study)
         return (key in self.known or key in self.others_running
-                or any(f.key == key for f in self.inflight.values()))
+                or any(f.key == key for f in self.inflight.values()) or any(p.key == key for p, _ in self.ready))
 
     def _refresh_known(self, study) -> None:
         """On a shared database, architectures other drivers trained or are training count too."""
@@ -411,7 +422,8 @@ class Sweep:
 
     def _record_duplicate(self, study, trial, key: str, rec: dict) -> None:
         original = self.known.get(key)
-        running = next((f.trial.number for f in self.inflight.values() if f.key == key), None)
+        running = next((f.trial.number for f in self.inflight.values() if f.key == key),
+                       next((p.trial.number for p, _ in self.ready if p.key == key), None))
         rec = {**rec, "duplicate_of": original.number if original else running}
         values = list(original.values) if original is not None and original.values else None
         self._tell_without_training(study, trial, "duplicate", values, rec)
@@ -599,7 +611,8 @@ class Sweep:
         train too; a single driver's own tally is exact and free."""
         if not self.shared_db:
             s = self.summary
-            return target - (self.used_at_start + s.trained + s.stopped + self.final_failures) - len(self.inflight)
+            return (target - (self.used_at_start + s.trained + s.stopped + self.final_failures)
+                    - len(self.inflight) - len(self.ready))
         trials = study.get_trials(deepcopy=False)
         running = sum(1 for t in trials if t.state == TrialState.RUNNING and "record_pending" in t.user_attrs)
         return target - budget_used(trials) - running
@@ -610,12 +623,17 @@ class Sweep:
         self.target = target
         while True:
             out_of_time = deadline is not None and time.perf_counter() > deadline
-            while (len(self.idle_workers) > len(self.pricing) and not (out_of_time or exhausted)
+            while self.ready and self.idle_workers:
+                self._submit(*self.ready.pop(0))
+            # Proposing one architecture ahead of the free workers keeps the driver busy while the
+            # pricer works: a worker that comes back finds its next trial priced and waiting.
+            while (len(self.idle_workers) + _LOOKAHEAD > len(self.pricing) + len(self.ready)
+                   and not (out_of_time or exhausted)
                    and self._budget_left(study, target) - len(self.pricing) > 0):
                 exhausted = self.stalls >= self.cfg.budget.max_stalls
                 if not exhausted:
                     self._propose_one(study)
-            if not self.inflight and not self.pricing:
+            if not self.inflight and not self.pricing and not self.ready:
                 break
             self._collect(study, ray, timeout=None)
         if exhausted:

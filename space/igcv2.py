@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.knobs import choice, float_range, int_range, per_stage, require
-from space.layers import ChannelShuffle
+from space.layers import BatchNorm2d, ChannelShuffle, Conv2d
 from space.registry import Family, PaperFigures, Preset, register_family, register_preset
 
 __all__ = [
@@ -270,24 +270,8 @@ def _own_spec(knobs: IGCV2Knobs, s: int, cin: int, cout: int, stride: int) -> Bl
 
 # --- modules -------------------------------------------------------------------------------------
 
-class _Conv2d(nn.Conv2d):
-    """Bias-free conv that skips weight initialisation on the meta device, where the cost model
-    builds thousands of networks and initialisation is most of the construction time."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, groups: int) -> None:
-        super().__init__(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
-
-    def reset_parameters(self) -> None:
-        if not self.weight.is_meta:
-            super().reset_parameters()
-
-
-class _BatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that skips initialisation on the meta device (see ``_Conv2d``)."""
-
-    def reset_parameters(self) -> None:
-        if not self.weight.is_meta:
-            super().reset_parameters()
+def _conv(cin: int, cout: int, kernel: int, stride: int, groups: int) -> Conv2d:
+    return Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
 
 
 def _interleave(groups: int, per_group: int) -> list[nn.Module]:
@@ -303,16 +287,16 @@ class IGCV2Block(nn.Module):
         self.spec = spec
         nonlinear = bn_layout == "nonlinear"
         g1 = spec.cin // spec.spatial_branch
-        ops: list[nn.Module] = [_Conv2d(spec.cin, spec.cin, 3, spec.stride, g1)]
+        ops: list[nn.Module] = [_conv(spec.cin, spec.cin, 3, spec.stride, g1)]
         if nonlinear:
-            ops += [_BatchNorm2d(spec.cin), nn.ReLU(inplace=True)]
+            ops += [BatchNorm2d(spec.cin), nn.ReLU(inplace=True)]
         ops += _interleave(g1, spec.spatial_branch)
         for i, k in enumerate(spec.branches):
             last = i == len(spec.branches) - 1
             out, groups = (spec.cout if last else spec.cin), spec.cin // k
-            ops.append(_Conv2d(spec.cin, out, 1, 1, groups))
+            ops.append(_conv(spec.cin, out, 1, 1, groups))
             if nonlinear or last:
-                ops.append(_BatchNorm2d(out))
+                ops.append(BatchNorm2d(out))
             if last and relu:
                 ops.append(nn.ReLU(inplace=True))
             ops += _interleave(groups, out // groups)
@@ -356,8 +340,8 @@ class IGCV2Net(nn.Module):
     def __init__(self, knobs: IGCV2Knobs, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         self.knobs = knobs
-        self.stem = nn.Sequential(_Conv2d(in_channels, knobs.stem, 3, knobs.stem_stride, 1),
-                                  _BatchNorm2d(knobs.stem), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(_conv(in_channels, knobs.stem, 3, knobs.stem_stride, 1),
+                                  BatchNorm2d(knobs.stem), nn.ReLU(inplace=True))
         self.stages = nn.Sequential(*(self._stage(specs) for specs in block_specs(knobs)))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(knobs.widths[-1], num_classes)

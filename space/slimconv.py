@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from space.knobs import choice, int_range, per_stage, require
+from space.layers import BatchNorm2d, Conv2d
 from space.registry import Family, PaperFigures, Preset, register_family, register_preset
 
 __all__ = [
@@ -172,8 +173,8 @@ class SlimConvKnobs:
 # --- layers -------------------------------------------------------------------------------------
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout)]
+    return [Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            BatchNorm2d(cout)]
 
 
 class Reconstruct(nn.Module):
@@ -187,10 +188,10 @@ class Reconstruct(nn.Module):
         super().__init__()
         self.hidden = se_hidden(channels, reduction, min_hidden)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, self.hidden, 1, bias=False)
-        self.bn = nn.BatchNorm2d(self.hidden)
+        self.fc1 = Conv2d(channels, self.hidden, 1, bias=False)
+        self.bn = BatchNorm2d(self.hidden)
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(self.hidden, channels, 1, bias=True)
+        self.fc2 = Conv2d(self.hidden, channels, 1, bias=True)
         self.gate = nn.Sigmoid()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,6 +201,8 @@ class Reconstruct(nn.Module):
 def fold(x: torch.Tensor, pieces: int) -> torch.Tensor:
     """Cut the channels into ``pieces`` consecutive blocks and sum them (Eq. 2 for 2 pieces)."""
     n, c, h, w = x.shape
+    if x.is_meta:  # shapes only (cost model): meta reductions run through slow Python decompositions
+        return x.new_empty((n, c // pieces, h, w))
     return x.view(n, pieces, c // pieces, h, w).sum(1)
 
 
@@ -239,6 +242,8 @@ class SlimConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.reconstruct(x)
+        if x.is_meta:  # shapes only (cost model): the weighting keeps shapes, skip its meta ops
+            return torch.cat((self.top(fold(x, self.pieces)), self.bottom(fold(x, self.pieces))), 1)
         w_bottom = w.flip(1) if self.flip else w
         top = self.top(fold(x * w, self.pieces))
         bottom = self.bottom(fold(x * w_bottom, self.pieces))
@@ -265,6 +270,9 @@ class ScBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(self.act(self.slim(self.reduce(x))))
+        if x.is_meta:  # shapes only (cost model): the sum keeps the shape, skip its meta op
+            self.shortcut(x)
+            return self.out_act(y)
         return self.out_act(y + self.shortcut(x))
 
 
