@@ -58,8 +58,8 @@ import torch
 from torch import nn
 
 from space.knobs import choice, float_range, int_range, per_stage
-from space.layers import (BatchNorm2d, Conv2d, LearnedGroupConv, PreActConv, SparseFeatureReactivation,
-                          SqueezeExcite)
+from space.layers import (BatchNorm2d, Conv2d, LearnedGroupConv, Linear, PreActConv, SparseFeatureReactivation,
+                          SqueezeExcite, concat_channels)
 from space.registry import Family, PaperFigures, Preset, register_family, register_preset
 
 __all__ = ["CondenseNetKnobs", "DenseLayer", "CondenseNet", "build", "search_space", "sample"]
@@ -192,7 +192,7 @@ class DenseLayer(nn.Module):
             reactivation = self.sfr(new)
             if not x.is_meta:  # the addition keeps the shape; skipped in the cost model's meta pass
                 x = x + reactivation
-        return torch.cat([x, new], 1)
+        return concat_channels((x, new))
 
 
 class CondenseNet(nn.Module):
@@ -208,9 +208,9 @@ class CondenseNet(nn.Module):
         self.final_act = nn.ReLU(inplace=True)
         self.last_se = (SqueezeExcite(width, knobs.last_se_reduction, "relu")
                         if knobs.last_se_reduction else None)
-        self.fc = nn.Linear(width, knobs.head_channels) if knobs.head_channels else None
+        self.fc = Linear(width, knobs.head_channels) if knobs.head_channels else None
         self.fc_act = nn.Hardswish() if knobs.head_channels else None
-        self.classifier = nn.Linear(knobs.head_channels or width, num_classes)
+        self.classifier = Linear(knobs.head_channels or width, num_classes)
         self._initialise()
 
     @staticmethod

@@ -14,6 +14,7 @@ figures either, and ``torch.utils.flop_counter`` does not count them).
 from __future__ import annotations
 
 import gc
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from space.convert import to_deploy
+from space.layers import meta_build
 from space.registry import get_family
 
 __all__ = ["Cost", "count_params", "count_macs", "measure", "measure_module"]
@@ -134,13 +136,13 @@ def _shortcut_counts(model: nn.Module, image_size, in_channels: int) -> Cost | N
     a deploy form can state its deploy params/MACs from shapes (``deploy_counts``); else None."""
     if hasattr(model, "deploy"):  # a whole-network conversion: only the real one can tell
         return None
-    modules = list(model.modules())
+    modules = list(model.modules())  # one traversal serves everything below
     # A network without convertible layers is its own deploy form: one pass counts both.
     deployable = [m for m in modules if m is not model and hasattr(m, "deploy")]
     if not all(hasattr(m, "deploy_counts") for m in deployable):
         return None
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    inside = {id(c) for m in deployable for c in m.modules() if c is not m}
+    inside = {id(c) for m in deployable for c in m.modules() if c is not m} if deployable else set()
     totals = {"train": 0, "deploy": 0, "param_delta": 0}
 
     def add_macs(module, macs: int) -> None:
@@ -151,7 +153,7 @@ def _shortcut_counts(model: nn.Module, image_size, in_channels: int) -> Cost | N
     def condensed(module, _inputs, output):
         params, macs = module.deploy_counts(output)
         totals["deploy"] += macs
-        totals["param_delta"] += params - sum(p.numel() for p in module.parameters())
+        totals["param_delta"] += params - _numel(module.parameters())
 
     def counted(module, _inputs, output):  # an unusual conv or linear: counted from its real pass
         add_macs(module, _conv_macs(module, output) if isinstance(module, nn.Conv2d) else _linear_macs(module, output))
@@ -160,22 +162,28 @@ def _shortcut_counts(model: nn.Module, image_size, in_channels: int) -> Cost | N
     for m in modules:
         forward = _fast_forwards(m, add_macs) if m is not model else None
         if forward is not None:
-            m.forward = forward
+            m.__dict__["forward"] = forward  # an instance attribute shadows the class's forward
             patched.append(m)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             handles.append(m.register_forward_hook(counted))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    params = [p for m in modules for p in m._parameters.values() if p is not None]
+    device = params[0].device if params else torch.device("cpu")
     try:
         with torch.no_grad():
             model(torch.zeros(1, in_channels, h, w, device=device))
     finally:
         for m in patched:
-            del m.forward
+            del m.__dict__["forward"]
         for handle in handles:
             handle.remove()
-    train_params = count_params(model)
+    train_params = _numel(params)
     return Cost(params=train_params + totals["param_delta"], macs=totals["deploy"],
                 train_params=train_params, train_macs=totals["train"])
+
+
+def _numel(tensors) -> int:
+    unique = {id(t): t for t in tensors}  # a shared parameter counts once, as in parameters()
+    return sum(t.numel() for t in unique.values())
 
 
 def measure_module(model: nn.Module, image_size: int, in_channels: int = 3, inplace: bool = False) -> Cost:
@@ -187,6 +195,19 @@ def measure_module(model: nn.Module, image_size: int, in_channels: int = 3, inpl
                 train_params=train_params, train_macs=train_macs)
 
 
+def _build_on_meta(fam, knobs: Any, num_classes: int, image_size: int, in_channels: int) -> nn.Module:
+    """The network on the meta device: built with the layers' explicit meta device (fast); if some
+    module still made a real tensor (a layer that takes no device from ``space.layers``), built
+    again inside ``torch.device("meta")``, which catches every tensor."""
+    with meta_build():
+        model = fam.build(knobs, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+    tensors = (t for m in model.modules() for t in itertools.chain(m._parameters.values(), m._buffers.values()))
+    if all(t is None or t.is_meta for t in tensors):
+        return model
+    with torch.device("meta"):
+        return fam.build(knobs, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
+
+
 def measure(family: str, knobs: Any, num_classes: int, image_size: int, in_channels: int = 3) -> Cost:
     """Cost of a configuration, built on the meta device so no weights are allocated."""
     fam = get_family(family)
@@ -195,9 +216,8 @@ def measure(family: str, knobs: Any, num_classes: int, image_size: int, in_chann
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with torch.device("meta"):
-            model = fam.build(knobs, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
-        model.eval()  # counting runs in eval mode (dropout, masks as they are)
+        # No eval(): no layer's shapes or counts depend on the mode, and it walks every module.
+        model = _build_on_meta(fam, knobs, num_classes, image_size, in_channels)
         return _shortcut_counts(model, image_size, in_channels) or measure_module(
             model, image_size, in_channels, inplace=True)
     finally:

@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from space.knobs import choice, float_range, int_range, per_stage, require
-from space.layers import BatchNorm2d, ChannelShuffle, Conv2d
+from space.layers import BatchNorm2d, ChannelShuffle, Conv2d, Linear
 from space.registry import Family, PaperFigures, Preset, register_family, register_preset
 
 __all__ = [
@@ -344,7 +344,7 @@ class IGCV2Net(nn.Module):
                                   BatchNorm2d(knobs.stem), nn.ReLU(inplace=True))
         self.stages = nn.Sequential(*(self._stage(specs) for specs in block_specs(knobs)))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(knobs.widths[-1], num_classes)
+        self.fc = Linear(knobs.widths[-1], num_classes)
 
     def _stage(self, specs: list[BlockSpec]) -> nn.Sequential:
         k = self.knobs

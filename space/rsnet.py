@@ -76,7 +76,7 @@ import torch
 from torch import nn
 
 from space.knobs import choice, divisible_up, float_range, int_range, per_stage
-from space.layers import BatchNorm2d, Conv2d, LearnedGroupConv, PreActConv
+from space.layers import BatchNorm2d, Conv2d, LearnedGroupConv, Linear, PreActConv, concat_channels
 from space.registry import Family, PaperFigures, Preset, register_family, register_preset
 
 __all__ = [
@@ -256,7 +256,7 @@ class RSUnit(nn.Module):
         new = self.conv2(self.conv1(x))
         if x.is_meta:  # shapes only (cost model): a meta cat runs through slow Python decompositions
             return x.new_empty(x.shape[0], x.shape[1] + new.shape[1], *x.shape[2:])
-        return torch.cat([x, new], 1)
+        return concat_channels((x, new))
 
 
 class RSBlock(nn.Sequential):
@@ -297,7 +297,7 @@ class RSNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.final_norm = BatchNorm2d(plan.out)
         self.final_act = nn.ReLU(inplace=True)
-        self.classifier = nn.Linear(plan.out, num_classes)
+        self.classifier = Linear(plan.out, num_classes)
         self._initialise()
 
     def _initialise(self) -> None:

@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from space.knobs import choice, int_range, per_stage, require
-from space.layers import BatchNorm2d, Conv2d
+from space.layers import BatchNorm2d, Conv2d, Linear, concat_channels
 from space.registry import Family, PaperFigures, Preset, register_family, register_preset
 
 __all__ = [
@@ -243,7 +243,7 @@ class SlimConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.reconstruct(x)
         if x.is_meta:  # shapes only (cost model): the weighting keeps shapes, skip its meta ops
-            return torch.cat((self.top(fold(x, self.pieces)), self.bottom(fold(x, self.pieces))), 1)
+            return concat_channels((self.top(fold(x, self.pieces)), self.bottom(fold(x, self.pieces))))
         w_bottom = w.flip(1) if self.flip else w
         top = self.top(fold(x * w, self.pieces))
         bottom = self.bottom(fold(x * w_bottom, self.pieces))
@@ -302,7 +302,7 @@ class ScResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
+        self.fc = Linear(cin, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -126,3 +126,24 @@ def test_count_params_and_macs_on_plain_layers():
                                 torch.nn.Linear(8 * 4 * 4, 5))
     assert count_params(model) == 3 * 8 * 9 + 8 + 128 * 5 + 5
     assert count_macs(model, 4) == 8 * 16 * 27 + 128 * 5
+
+
+def test_meta_build_falls_back_when_a_module_makes_a_real_tensor():
+    """A module that creates a tensor without taking its device from ``space.layers`` (here a plain
+    buffer) would leave a CPU tensor in the fast meta build: the cost model must notice and rebuild
+    the network under ``torch.device("meta")``, with the same counts."""
+    from space.cost import _build_on_meta
+
+    family = get_family("igcv2")
+    knobs = family.default_knobs()
+
+    class WithStrayBuffer:
+        def build(self, knobs, **kw):
+            model = family.build(knobs, **kw)
+            model.register_buffer("stray", torch.zeros(3))
+            return model
+
+    model = _build_on_meta(WithStrayBuffer(), knobs, 10, 32, 3)
+    assert all(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    fast = _build_on_meta(family, knobs, 10, 32, 3)
+    assert count_params(model) == count_params(fast)
