@@ -184,6 +184,7 @@ class _Pending:
     knobs: dict
     key: str
     asked_at: float
+    queued_at: float | None = None  # when it started waiting for a free worker
 
 
 @dataclass
@@ -381,10 +382,13 @@ class Sweep:
             if self.idle_workers:
                 self._submit(p, rec)
             else:
+                p.queued_at = time.perf_counter()
                 self.ready.append((p, rec))
         self.overhead_s += time.perf_counter() - t0
 
     def _submit(self, p: "_Pending", rec: dict) -> None:
+        # Time spent waiting for a worker is queueing, not driver work: `status` leaves it out.
+        rec["queued_seconds"] = time.perf_counter() - p.queued_at if p.queued_at is not None else 0.0
         worker = self.idle_workers.pop()
         future = worker.run.remote(self._spec(p.trial.number, p.family, p.knobs, p.key))
         self.inflight[future] = _InFlight(p.trial, p.family, p.key, rec, p.asked_at, worker)

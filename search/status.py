@@ -22,8 +22,10 @@ def _seconds(trials) -> tuple[float, float]:
 
 
 def _overhead_ms(trials) -> float | None:
-    """Driver time per trained trial: its wall time from ask to tell minus the worker's busy time."""
+    """Driver time per trained trial: its wall time from ask to tell minus the worker's busy time
+    and the time it waited, priced, for a free worker."""
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["record"]["worker_seconds"]
+             - t.user_attrs["record"].get("queued_seconds", 0.0)
              for t in trials
              if t.datetime_start and t.datetime_complete and "worker_seconds" in t.user_attrs.get("record", {})]
     return 1000 * sum(spans) / len(spans) if spans else None
