@@ -53,6 +53,7 @@ __all__ = [
     "build_device",
     "PreActConv",
     "MaskedConv2d",
+    "PointwiseGroupConv",
     "LearnedGroupConv",
     "CondensedGroupConv",
     "SparseFeatureReactivation",
@@ -163,6 +164,27 @@ class Linear(nn.Linear):
     def reset_parameters(self) -> None:
         if not self.weight.is_meta:
             super().reset_parameters()
+
+
+class PointwiseGroupConv(Conv2d):
+    """A 1x1 group convolution (no bias) that runs as one batched matrix product on the CPU.
+
+    oneDNN's grouped convolution costs ~0.15 ms per call at batch 1 however small the layer, a
+    matmul over the (group, channels-of-group, pixels) view a few microseconds; at batch 64 the
+    matmul is still the faster one. Other devices, channels-last inputs and the meta device (cost
+    model) take the ordinary convolution; the weights, state-dict keys and counts are a Conv2d's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, device: torch.device | None = None) -> None:
+        super().__init__(in_channels, out_channels, 1, groups=groups, bias=False, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not x.is_contiguous() or torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        n, c, h, w = x.shape
+        g = self.groups
+        y = torch.matmul(self.weight.view(g, self.out_channels // g, c // g), x.view(n, g, c // g, h * w))
+        return y.view(n, self.out_channels, h, w)
 
 
 def concat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -450,7 +472,7 @@ class CondensedGroupConv(nn.Module):
         self.norm = BatchNorm2d(in_channels, device=device)
         self.act = make_activation(activation)
         self.drop = _dropout(dropout)
-        self.conv = Conv2d(in_channels, out_channels, 1, groups=groups, bias=False, device=device)
+        self.conv = PointwiseGroupConv(in_channels, out_channels, groups, device=device)
         self.shuffle = ChannelShuffle(groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -581,12 +603,14 @@ class CondensedReactivation(nn.Module):
         self.drop = _dropout(dropout)
         # Regroup j, j+G, ... together: the inverse of a shuffle with G groups.
         self.regroup = ChannelShuffle(in_channels // groups) if groups > 1 else nn.Identity()
-        self.conv = Conv2d(in_channels, kept, 1, groups=groups, bias=False, device=device)
+        self.conv = PointwiseGroupConv(in_channels, kept, groups, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(self.regroup(_pre_activation(x, self.norm, self.act, self.drop)))
         n, _, h, w = y.shape
-        # scatter_add with a broadcast index rather than index_add: the same sums, and the ONNX
-        # exporter translates it faithfully (it turns a repeated-index index_add into an overwrite).
-        index = self.index.view(1, -1, 1, 1).expand_as(y)
-        return y.new_zeros(n, self.out_channels, h, w).scatter_add_(1, index, y)
+        out = y.new_zeros(n, self.out_channels, h, w)
+        if torch.onnx.is_in_onnx_export():
+            # scatter_add with a broadcast index: the same sums, which the ONNX exporter translates
+            # faithfully (it turns a repeated-index index_add into an overwrite).
+            return out.scatter_add_(1, self.index.view(1, -1, 1, 1).expand_as(y), y)
+        return out.index_add_(1, self.index, y)  # twice as fast as scatter_add on the CPU

@@ -317,3 +317,24 @@ def test_sfr_deploy_on_meta_and_lasso():
 def test_sfr_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SparseFeatureReactivation(**kwargs)
+
+
+@pytest.mark.parametrize("batch,groups", [(1, 4), (5, 2), (3, 8)])
+def test_pointwise_group_conv_equals_grouped_convolution(batch, groups):
+    """The matmul path computes the grouped 1x1 convolution, forward and backward; a channels-last
+    input takes the convolution itself."""
+    from space.layers import PointwiseGroupConv
+
+    torch.manual_seed(0)
+    layer = PointwiseGroupConv(16, 4 * groups, groups)
+    x = torch.randn(batch, 16, 5, 7, requires_grad=True)
+    reference = torch.nn.functional.conv2d(x, layer.weight, groups=groups)
+    out = layer(x)
+    assert out.shape == reference.shape and out.is_contiguous()
+    assert torch.allclose(out, reference, atol=1e-5)
+    grad = torch.randn_like(out)
+    (gx_ref, gw_ref) = torch.autograd.grad(reference, (x, layer.weight), grad)
+    (gx, gw) = torch.autograd.grad(out, (x, layer.weight), grad)
+    assert torch.allclose(gx, gx_ref, atol=1e-5) and torch.allclose(gw, gw_ref, atol=1e-4)
+    cl = x.detach().to(memory_format=torch.channels_last)
+    assert torch.allclose(layer(cl), reference.detach(), atol=1e-5)
