@@ -4,18 +4,20 @@ Which is faster depends on the network and the machine, and guessing gets it wro
 Measured on the 2-core CPU these networks are developed on (batch 64, 32x32, 2 threads):
 channels-last makes a training step of the dense CondenseNet(V2) / RSNet networks 1.4-1.6x faster,
 but IGCV2 and SlimConv-ResNet 1.4-1.7x slower; and the condensed form of CondenseNetV2-110, with
-4x fewer multiply-adds in its learned group convolutions, takes 1.8x (NCHW) to 2.2x
+4x fewer multiply-adds in its learned group convolutions, takes 1.7x (NCHW) to 1.9x
 (channels-last) the time of a masked step in channels-last, and 1.1x that of a masked step in
-NCHW: these 1x1 convolutions are memory-bound, and the condensed form adds index_select /
-index_add / shuffle copies. So the trainer times the candidates, wasting as little work as it can:
+NCHW: the 1x1 convolutions are a small part of the step, BN / ReLU / concatenation over the full
+input width stay, and the condensed form adds index_select / index_add / shuffle copies. So the
+trainer times the candidates, wasting as little work as it can:
 
 - memory format (:class:`FormatTrial`): the first real training steps alternate between the
   formats (one warm-up round, then ``rounds`` timed rounds) and training goes on in the faster
   one; no step is thrown away, the cost is only the steps run in the slower format.
 - condensed form (:func:`time_step`): a probe runs forward + backward of a copy of each candidate
   on 8 images. That is enough to rank them: for CondenseNetV2-110 the condensed form's time over
-  the masked form's (channels-last) is 1.56 / 2.04 (NCHW / channels-last) at 8 images and 1.76 /
-  2.22 at 64; for RSNet-115 1.35 / 1.73 and 1.54 / 1.94. Copies and a forked random state keep
+  the masked form's (channels-last) is 1.31 / 1.33 (NCHW / channels-last) at 8 images and 1.69 /
+  1.87 at 64 (measured with the deploy form's batched-matmul 1x1 convolutions; 1.56 / 2.04 and
+  1.76 / 2.22 before them). Copies and a forked random state keep
   the probe free of side effects: the trained model, its BN statistics and every random stream
   are untouched.
 
