@@ -224,6 +224,7 @@ class Sweep:
         self.ready: list[tuple[_Pending, dict]] = []  # priced, trainable, waiting for a free worker
         self.pricer = None
         self.started = time.perf_counter()
+        self.best: tuple[float, int] | None = None  # (validation accuracy, trial number)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _recover(self, study: optuna.Study) -> int:
@@ -474,6 +475,7 @@ class Sweep:
                 self.summary.stopped += 1
             faults.checkpoint("told")
             self.known[flight.key] = study._storage.get_trial(trial._trial_id)
+            self._note_best(self.known[flight.key])
             self._line(f"trial {trial.number} {flight.family} {status} acc {out['val_acc']:.4f} "
                        f"({out.get('epochs')} ep, {out.get('train_seconds', 0):.1f}s) "
                        f"macs {rec['macs']:,} params {rec['params']:,}")
@@ -516,8 +518,16 @@ class Sweep:
     def _line(self, text: str) -> None:
         s = self.summary
         elapsed = time.perf_counter() - self.started
+        best = f" | best acc {self.best[0]:.4f} (trial {self.best[1]})" if self.best else ""
         self.log(f"[{elapsed:7.1f}s] {text} | running {len(self.inflight)} trained {s.trained} "
-                 f"stopped {s.stopped} failed {s.failed} infeasible {s.infeasible} dup {s.duplicate}")
+                 f"stopped {s.stopped} failed {s.failed} infeasible {s.infeasible} dup {s.duplicate}{best}")
+
+    def _note_best(self, trial: FrozenTrial) -> None:
+        """Keep the most accurate fully trained architecture for the progress lines."""
+        rec = trial.user_attrs.get("record", {})
+        if trial_status(trial) == "trained" and rec.get("val_acc") is not None:
+            if self.best is None or rec["val_acc"] > self.best[0]:
+                self.best = (rec["val_acc"], trial.number)
 
     def _collect(self, study, ray, timeout: float | None) -> None:
         ready, _ = ray.wait([*self.pricing, *self.inflight], num_returns=1, timeout=timeout)
@@ -590,6 +600,7 @@ class Sweep:
             for t in trials:
                 if trial_status(t) in _COUNTED and t.user_attrs.get("record", {}).get("arch_key"):
                     self.known[t.user_attrs["record"]["arch_key"]] = t
+                    self._note_best(t)
             self.used_at_start = budget_used(trials)
             target = self.used_at_start + self.n_more if self.n_more is not None else self.cfg.budget.n_trials
             self.log(f"study {self.cfg.study!r} in {display_url(self.cfg.storage_url)}: {self.used_at_start} of {target} "

@@ -195,3 +195,18 @@ def test_optuna_record_has_only_json_user_attrs(tmp_path, ray_local, digits):
     Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     storage = optuna.storages.RDBStorage(cfg.storage_url)
     assert storage.get_all_studies()[0].study_name == "t"
+
+
+def test_progress_lines_show_counts_and_best_so_far(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 4})
+    lines: list[str] = []
+    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lines.append).run()
+    trained = [t for t in load_existing_study(cfg.storage_url, "t").get_trials() if trial_status(t) == "trained"]
+    best = max(trained, key=lambda t: t.user_attrs["record"]["val_acc"])
+    last = [ln for ln in lines if " trained " in ln][-1]
+    assert "trained 4 " in last and "running 0 " in last
+    assert last.endswith(f"best acc {best.user_attrs['record']['val_acc']:.4f} (trial {best.number})")
+    # A resumed driver knows the best of the trials before it.
+    more: list[str] = []
+    Sweep(cfg, n_more=1, trial_fn=testing.cheap_trial, data=digits, log=more.append).run()
+    assert any("best acc" in ln for ln in more if " trained " in ln)
