@@ -17,7 +17,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -398,8 +397,12 @@ class Sweep:
     def _is_duplicate(self, study, key: str) -> bool:
         if self.shared_db:
             self._refresh_known(study)
-        return (key in self.known or key in self.others_running
-                or any(f.key == key for f in self.inflight.values()) or any(p.key == key for p, _ in self.ready))
+        return key in self.known or key in self.others_running or self._started_number(key) is not None
+
+    def _started_number(self, key: str) -> int | None:
+        """The trial of this driver training ``key`` or waiting for a worker to, if any."""
+        started = [(f.key, f.trial) for f in self.inflight.values()] + [(p.key, p.trial) for p, _ in self.ready]
+        return next((trial.number for k, trial in started if k == key), None)
 
     def _refresh_known(self, study) -> None:
         """On a shared database, architectures other drivers trained or are training count too."""
@@ -427,9 +430,7 @@ class Sweep:
 
     def _record_duplicate(self, study, trial, key: str, rec: dict) -> None:
         original = self.known.get(key)
-        running = next((f.trial.number for f in self.inflight.values() if f.key == key),
-                       next((p.trial.number for p, _ in self.ready if p.key == key), None))
-        rec = {**rec, "duplicate_of": original.number if original else running}
+        rec = {**rec, "duplicate_of": original.number if original else self._started_number(key)}
         values = list(original.values) if original is not None and original.values else None
         self._tell_without_training(study, trial, "duplicate", values, rec)
         self.summary.duplicate += 1

@@ -183,10 +183,10 @@ def _write_params(storage, params: list[tuple]) -> None:
     the driver has not cached yet goes through Optuna's own per-parameter routine, which looks it
     up). The rest become one multi-row insert: a SELECT plus an INSERT per parameter otherwise."""
     backend = getattr(storage, "_backend", None)
-    batched = (isinstance(backend, optuna.storages.RDBStorage) and hasattr(backend, "_set_trial_param_without_commit")
+    batched = (params and isinstance(backend, optuna.storages.RDBStorage) and hasattr(backend, "_set_trial_param_without_commit")
                and hasattr(storage, "_studies") and hasattr(storage, "_trial_id_to_study_id_and_number")
                and len({p[0] for p in params}) == 1)
-    if not batched or len(params) < 2:
+    if not batched:
         for p in params:
             storage.set_trial_param(*p)
         return

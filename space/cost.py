@@ -110,18 +110,17 @@ def _fast_forwards(module: nn.Module, add_macs) -> Any:
     if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple) and module.padding_mode == "zeros":
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (module.kernel_size, module.stride, module.padding,
                                                   module.dilation)
-        per_output = (module.in_channels // module.groups) * kh * kw
 
         def conv(x: torch.Tensor) -> torch.Tensor:
             n, _, h, w = x.shape
             out = x.new_empty((n, module.out_channels, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)))
-            add_macs(module, out[0].numel() * per_output)
+            add_macs(module, _conv_macs(module, out))
             return out
         return conv
     if isinstance(module, nn.Linear):
         def linear(x: torch.Tensor) -> torch.Tensor:
             out = x.new_empty((*x.shape[:-1], module.out_features))
-            add_macs(module, (out.numel() // out.shape[0]) * module.in_features)
+            add_macs(module, _linear_macs(module, out))
             return out
         return linear
     if isinstance(module, _SHAPE_KEEPING):
@@ -142,7 +141,7 @@ def _shortcut_counts(model: nn.Module, image_size, in_channels: int) -> Cost | N
     if not all(hasattr(m, "deploy_counts") for m in deployable):
         return None
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-    inside = {id(c) for m in deployable for c in m.modules() if c is not m} if deployable else set()
+    inside = {id(c) for m in deployable for c in m.modules() if c is not m}
     totals = {"train": 0, "deploy": 0, "param_delta": 0}
 
     def add_macs(module, macs: int) -> None:

@@ -50,7 +50,6 @@ __all__ = [
     "Linear",
     "concat_channels",
     "meta_build",
-    "build_device",
     "PreActConv",
     "MaskedConv2d",
     "PointwiseGroupConv",
@@ -124,46 +123,31 @@ def meta_build() -> Iterator[None]:
         _BUILD_DEVICE.reset(token)
 
 
-def build_device() -> torch.device | None:
-    """The device layers are being built on (None: PyTorch's default)."""
-    return _BUILD_DEVICE.get()
-
-
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that skips initialisation on the meta device, where there are no values to
-    set; the init calls would otherwise be most of the time of a meta build of a deep network."""
+class _MetaAware:
+    """Mixin for PyTorch layers: created on the build device unless told otherwise, and not
+    initialised on the meta device, where there are no values to set (the init calls would
+    otherwise be most of the time of a meta build of a deep network)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("device", _BUILD_DEVICE.get())
         super().__init__(*args, **kwargs)
 
     def reset_parameters(self) -> None:
-        if not self.weight.is_meta:
+        tensors = [t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
+        if not (tensors and tensors[0].is_meta):
             super().reset_parameters()
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that skips initialisation on the meta device (see :class:`Conv2d`)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("device", _BUILD_DEVICE.get())
-        super().__init__(*args, **kwargs)
-
-    def reset_parameters(self) -> None:
-        if self.running_mean is None or not self.running_mean.is_meta:
-            super().reset_parameters()
+class Conv2d(_MetaAware, nn.Conv2d):
+    """``nn.Conv2d`` built on the build device, skipping initialisation on meta."""
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` that skips initialisation on the meta device (see :class:`Conv2d`)."""
+class BatchNorm2d(_MetaAware, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` built on the build device, skipping initialisation on meta."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("device", _BUILD_DEVICE.get())
-        super().__init__(*args, **kwargs)
 
-    def reset_parameters(self) -> None:
-        if not self.weight.is_meta:
-            super().reset_parameters()
+class Linear(_MetaAware, nn.Linear):
+    """``nn.Linear`` built on the build device, skipping initialisation on meta."""
 
 
 class PointwiseGroupConv(Conv2d):

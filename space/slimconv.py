@@ -243,11 +243,11 @@ class SlimConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.reconstruct(x)
         if x.is_meta:  # shapes only (cost model): the weighting keeps shapes, skip its meta ops
-            return concat_channels((self.top(fold(x, self.pieces)), self.bottom(fold(x, self.pieces))))
-        w_bottom = w.flip(1) if self.flip else w
-        top = self.top(fold(x * w, self.pieces))
-        bottom = self.bottom(fold(x * w_bottom, self.pieces))
-        return torch.cat((top, bottom), 1)
+            top_in = bottom_in = fold(x, self.pieces)
+        else:
+            top_in = fold(x * w, self.pieces)
+            bottom_in = fold(x * (w.flip(1) if self.flip else w), self.pieces)
+        return concat_channels((self.top(top_in), self.bottom(bottom_in)))
 
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.out_channels}, k={self.k}, flip={self.flip}"

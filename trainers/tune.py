@@ -15,11 +15,10 @@ trainer times the candidates, wasting as little work as it can:
   one; no step is thrown away, the cost is only the steps run in the slower format.
 - condensed form (:func:`time_step`): a probe runs forward + backward of a copy of each candidate
   on 8 images. That is enough to rank them: for CondenseNetV2-110 the condensed form's time over
-  the masked form's (channels-last) is 1.31 / 1.33 (NCHW / channels-last) at 8 images and 1.69 /
-  1.87 at 64 (measured with the deploy form's batched-matmul 1x1 convolutions; 1.56 / 2.04 and
-  1.76 / 2.22 before them). Copies and a forked random state keep
-  the probe free of side effects: the trained model, its BN statistics and every random stream
-  are untouched.
+  the masked form's (channels-last) is 1.3-1.5 / 1.3-1.4 (NCHW / channels-last) at 8 images and
+  1.69 / 1.87 at 64 (with the condensed form's 1x1 group convolutions as batched matmuls). Copies
+  and a forked random state keep the probe free of side effects: the trained model, its BN
+  statistics and every random stream are untouched.
 
 Timings keep the fastest of repeated runs: a busy shared machine only ever adds time.
 """
