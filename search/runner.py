@@ -27,8 +27,8 @@ from search.config import StudyConfig
 from search import faults
 from search.errors import (DataError, SearchSpaceExhausted, StorageError, StudyLockedError,
                            WorkerStartError)
-from search.study import (arch_key, display_url, open_study, params_in_one_write, set_constraints, sqlite_path,
-                          trial_status)
+from search.study import (arch_key, budget_lock, display_url, open_study, params_in_one_write, set_constraints,
+                          sqlite_path, trial_status)
 
 __all__ = ["Sweep", "SweepSummary", "budget_used", "family_spaces", "propose", "price"]
 
@@ -336,9 +336,14 @@ class Sweep:
         process when there is one, so it overlaps with this driver's database work for the next
         proposal; ``_decide`` takes over when the price is known."""
         t0 = time.perf_counter()
-        trial = study.ask()
-        if self.shared_db:  # beat at once: a trial with no heartbeat at all is never found stale
-            study._storage.record_heartbeat(trial._trial_id)
+        if self.shared_db:
+            with budget_lock(study):
+                if self._budget_left(study, self.target) <= 0:  # others took the last slots meanwhile
+                    return
+                trial = study.ask()
+            study._storage.record_heartbeat(trial._trial_id)  # a trial never beating is never stale
+        else:
+            trial = study.ask()
         faults.checkpoint("asked")
         if self.shared_db and self._is_surplus(study, trial):
             return
@@ -623,14 +628,18 @@ class Sweep:
         return s
 
     def _budget_left(self, study, target: int) -> int:
-        """Architectures still to launch. A shared database is recounted, since other drivers
-        train too; a single driver's own tally is exact and free."""
+        """Architectures still to ask for: the budget less what is used and what is under way.
+
+        A single driver's own tally is exact and free. A shared database is recounted, since other
+        drivers train too, and there every RUNNING trial counts, whether it is being priced or
+        trained: the same rule ``_is_surplus`` applies, so a driver never asks for a trial that it
+        would then have to release as surplus."""
         if not self.shared_db:
             s = self.summary
             return (target - (self.used_at_start + s.trained + s.stopped + self.final_failures)
-                    - len(self.inflight) - len(self.ready))
+                    - len(self.inflight) - len(self.ready) - len(self.pricing))
         trials = study.get_trials(deepcopy=False)
-        running = sum(1 for t in trials if t.state == TrialState.RUNNING and "record_pending" in t.user_attrs)
+        running = sum(1 for t in trials if t.state == TrialState.RUNNING)
         return target - budget_used(trials) - running
 
     def _loop(self, study, ray, target: int) -> None:
@@ -645,7 +654,7 @@ class Sweep:
             # pricer works: a worker that comes back finds its next trial priced and waiting.
             while (len(self.idle_workers) + _LOOKAHEAD > len(self.pricing) + len(self.ready)
                    and not (out_of_time or exhausted)
-                   and self._budget_left(study, target) - len(self.pricing) > 0):
+                   and self._budget_left(study, target) > 0):
                 exhausted = self.stalls >= self.cfg.budget.max_stalls
                 if not exhausted:
                     self._propose_one(study)

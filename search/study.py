@@ -15,7 +15,7 @@ import sqlite3
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -26,6 +26,7 @@ from search.errors import StorageError
 __all__ = [
     "arch_key", "open_storage", "open_study", "load_existing_study", "make_sampler", "sqlite_path",
     "trial_status", "record", "set_constraints", "check_existing_database", "display_url", "params_in_one_write",
+    "budget_lock",
 ]
 
 # The trial record (user attributes; database keys, never rename):
@@ -228,6 +229,31 @@ def params_in_one_write(trial: optuna.Trial):
     finally:
         trial.storage = storage
         _write_params(storage, buffer.params)
+
+
+@contextlib.contextmanager
+def budget_lock(study: optuna.Study) -> Iterator[None]:
+    """Serialises "count the budget, then ask" between drivers sharing a PostgreSQL study.
+
+    Without it two drivers can both see the last slot free and both ask: the later trial must then
+    be released as surplus. A session-level advisory lock, keyed by the study name, held from the
+    count until the new trial exists (RUNNING, so the other driver counts it). Other databases
+    have no such lock here; there ``Sweep._is_surplus`` resolves the race after the fact."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha1(f"effnas:{study.study_name}".encode()).digest()[:8], "big") >> 1
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()
 
 
 HEARTBEAT_S = 5

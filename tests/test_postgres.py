@@ -237,3 +237,38 @@ def test_drivers_starting_together_on_an_empty_database_both_open_it(postgres_ur
         assert len(storages) == 4
         for storage in storages:
             storage.engine.dispose()
+
+
+def test_budget_lock_lets_one_driver_at_a_time_count_and_ask(tmp_path, postgres_url):  # noqa: F811
+    """Two holders of the study's budget lock never overlap (it is what keeps two drivers from both
+    taking the last slot); another study's lock is independent."""
+    import threading
+
+    from search.study import budget_lock
+
+    cfg = parse_study(_study(tmp_path, postgres_url, "locked"), str(tmp_path / "locked.yaml"))
+    other_cfg = parse_study(_study(tmp_path, postgres_url, "unlocked"), str(tmp_path / "unlocked.yaml"))
+    study, other = open_study(cfg), open_study(other_cfg)
+    spans: dict[str, tuple[float, float]] = {}
+    start = threading.Barrier(2)
+
+    def hold(name: str, s) -> None:
+        start.wait()
+        if name == "second":
+            time.sleep(0.1)  # let the first one in
+        with budget_lock(s):
+            entered = time.monotonic()
+            time.sleep(0.5)
+            spans[name] = (entered, time.monotonic())  # taken inside: the release comes after
+
+    threads = [threading.Thread(target=hold, args=(name, study)) for name in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert spans["second"][0] >= spans["first"][1], spans  # the second waited for the first
+
+    with budget_lock(study):  # held here: another study's lock is still free at once
+        t0 = time.monotonic()
+        with budget_lock(other):
+            assert time.monotonic() - t0 < 0.5
