@@ -45,6 +45,10 @@ class SweepSummary:
     duplicate: int = 0
     wall_seconds: float = 0.0
     loop_seconds: float = 0.0       # the scheduling loop alone (no Ray start, no data loading)
+    # perf_counter stamps of the first and last trained result: the steady-state span that
+    # benchmarks compare with other tools' first-to-last-result span.
+    first_result_at: float | None = None
+    last_result_at: float | None = None
     overhead_ms_per_trial: float = 0.0
     nodes: set = field(default_factory=set)
 
@@ -274,7 +278,9 @@ class Sweep:
             if r.address:
                 ray.init(address=r.address, **kwargs)
             else:
-                ray.init(num_cpus=r.num_cpus, num_gpus=r.num_gpus, **kwargs)
+                # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
+                # file says (plain ray.init() would try to join that cluster).
+                ray.init(address="local", num_cpus=r.num_cpus, num_gpus=r.num_gpus, **kwargs)
         return ray
 
     def _start_workers(self, ray, asha_actor) -> int:
@@ -476,6 +482,7 @@ class Sweep:
             if status == "trained":
                 study.tell(trial, self._objective_values(out["val_acc"], rec, out.get("latency_ms")))
                 self.summary.trained += 1
+                self._stamp_result()
             else:
                 study.tell(trial, state=TrialState.PRUNED)
                 self.summary.stopped += 1
@@ -493,6 +500,12 @@ class Sweep:
         else:
             self._fail(study, flight, rec, out)
         self.overhead_s += time.perf_counter() - t0
+
+    def _stamp_result(self) -> None:
+        now = time.perf_counter()
+        if self.summary.first_result_at is None:
+            self.summary.first_result_at = now
+        self.summary.last_result_at = now
 
     def _fail(self, study, flight: _InFlight, rec: dict, out: dict) -> None:
         trial = flight.trial

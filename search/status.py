@@ -22,8 +22,8 @@ def _seconds(trials) -> tuple[float, float]:
 
 
 def _overhead_ms(trials) -> float | None:
-    """Driver time per trained trial: its wall time from ask to tell minus the worker's busy time
-    and the time it waited, priced, for a free worker."""
+    """Driver time per trial that occupied a worker (trained, stopped or failed): its wall time from
+    ask to tell minus the worker's busy time and the time it waited, priced, for a free worker."""
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["record"]["worker_seconds"]
              - t.user_attrs["record"].get("queued_seconds", 0.0)
              for t in trials
@@ -56,7 +56,7 @@ def print_status(study: optuna.Study) -> None:
           ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items())))
     overhead = s["overhead_ms_per_trial"]
     print(f"time: {s['wall_seconds']:.1f}s wall, {s['train_seconds']:.1f}s training"
-          + (f", driver overhead {overhead:.0f} ms per trained trial" if overhead is not None else ""))
+          + (f", driver overhead {overhead:.0f} ms per trial on a worker" if overhead is not None else ""))
     print(f"Pareto front ({len(s['pareto'])} members; " + ", ".join(s["objectives"]) + "):")
     for m in s["pareto"]:
         vals = "  ".join(f"{k} {v:.4f}" if k == "accuracy" else f"{k} {v:,.0f}" for k, v in m["values"].items())

@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from deploy_check import deploy_and_check
 from space import convert
 from space.cost import count_macs, count_params, measure
 from space.knobs import apply_overrides, draw_random
@@ -90,11 +91,7 @@ def test_deploy_form_matches_after_sparsification(name):
             m.bias.data.uniform_(-0.2, 0.2)
     for progress in (0.0, 0.2, 0.4, 0.6, 1.0):
         convert.set_progress(model, progress)
-    model.eval()
-    x = torch.randn(3, 3, 16, 16)
-    with torch.no_grad():
-        diff = (model(x) - convert.to_deploy(model)(x)).abs().max().item()
-    assert diff < 1e-5
+    deploy_and_check(model, torch.randn(3, 3, 16, 16))
 
 
 @pytest.mark.parametrize("name", FAMILIES)

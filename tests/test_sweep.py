@@ -6,6 +6,10 @@ budget pre-filter, dedup, resume, retries, ASHA. One test trains for real, end t
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+from pathlib import Path
 
 import optuna
 import pytest
@@ -19,6 +23,7 @@ from search.study import load_existing_study, open_study, trial_status
 from search import testing
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "layers.2": [1, 2],
                     "growth.0": [8, 16], "growth.1": [8, 16], "growth.2": [8, 16], "bottleneck": [1, 2],
@@ -50,7 +55,8 @@ def _cfg(tmp_path, **changes) -> "StudyConfig":  # noqa: F821
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # A private instance, never a cluster that RAY_ADDRESS or a stale address file names.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -83,7 +89,6 @@ def test_end_to_end_real_training(tmp_path, ray_local, digits):
 
 
 def test_over_budget_architectures_are_never_trained(tmp_path, ray_local, digits):
-    space = family_spaces(_cfg(tmp_path))
     cfg = _cfg(tmp_path, constraints={"max_params": 12000}, budget={"n_trials": 3, "max_stalls": 200},
                sampler={"name": "tpe", "seed": 1})
     Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
@@ -93,10 +98,10 @@ def test_over_budget_architectures_are_never_trained(tmp_path, ray_local, digits
     assert infeasible and len(trained) == 3
     for t in infeasible:
         rec = t.user_attrs["record"]
-        assert rec["params"] > 12000 and t.user_attrs["constraints"][0] > 0
+        assert rec["params"] > 12000
+        assert t.user_attrs["constraints"][0] == pytest.approx(rec["params"] / 12000 - 1.0)
         assert "worker_seconds" not in rec  # no worker ever saw it
     assert all(t.user_attrs["record"]["params"] <= 12000 for t in trained)
-    assert space  # the narrowed space was usable
 
 
 def test_duplicates_are_not_trained_again_and_stall_ends_the_sweep(tmp_path, ray_local, digits):
@@ -148,6 +153,16 @@ def test_failures_are_recorded_and_retried(tmp_path, ray_local, digits, fn, kind
     assert failed[0].user_attrs["record"]["failure_reason"]
 
 
+def test_final_failures_count_against_the_budget_on_resume(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 2}, retry={"max_retries": 0})
+    Sweep(cfg, trial_fn=testing.failing_trial, data=digits, log=lambda _: None).run()
+    assert _statuses(cfg) == ["failed", "failed"]
+    # The budget is spent: a resumed driver trains nothing; --n-trials 1 trains exactly one more.
+    assert Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run().trained == 0
+    assert Sweep(cfg, n_more=1, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run().trained == 1
+    assert _statuses(cfg) == ["failed", "failed", "trained"]
+
+
 def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digits):
     cfg = _cfg(tmp_path, budget={"n_trials": 10},
                fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
@@ -194,7 +209,47 @@ def test_optuna_record_has_only_json_user_attrs(tmp_path, ray_local, digits):
     cfg = _cfg(tmp_path, budget={"n_trials": 2})
     Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     storage = optuna.storages.RDBStorage(cfg.storage_url)
-    assert storage.get_all_studies()[0].study_name == "t"
+    assert [s.study_name for s in storage.get_all_studies()] == ["t"]
+    # Straight from the table: every stored value is JSON text that reads back as plain data.
+    import sqlalchemy
+
+    with storage.engine.connect() as con:
+        rows = con.execute(sqlalchemy.text("SELECT key, value_json FROM trial_user_attributes")).all()
+    assert {key for key, _ in rows} >= {"status", "family", "record"}
+    for key, text in rows:
+        value = json.loads(text)
+        assert json.loads(json.dumps(value)) == value, key
+    trials = storage.get_all_trials(storage.get_all_studies()[0]._study_id)
+    assert len(trials) == 2
+    for t in trials:
+        assert t.user_attrs["status"] == "trained" and isinstance(t.user_attrs["record"], dict)
+        assert json.loads(json.dumps(t.user_attrs)) == t.user_attrs
+
+
+def test_no_address_starts_a_private_instance_despite_a_stale_cluster(tmp_path):
+    """A left-behind cluster address (file and RAY_ADDRESS) must not make `run` try to join it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must fit
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens there
+    study = {"study": "t", "run_dir": str(tmp_path / "run"), "data": {"dataset": "digits", "val_size": 200},
+             "families": {"slimconv": {"knobs": TINY_SLIMCONV}}, "budget": {"n_trials": 1},
+             "fidelity": {"epochs": 1}, "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+             "ray": {"num_cpus": 1}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(study))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": str(ray_tmp), "RAY_ADDRESS": "127.0.0.1:1"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "search", "run", str(tmp_path / "t.yaml")], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _statuses(parse_study(study, str(tmp_path / "t.yaml"))) == ["trained"]
 
 
 def test_progress_lines_show_counts_and_best_so_far(tmp_path, ray_local, digits):
