@@ -76,20 +76,33 @@ def test_presets_registered():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_against_paper(name):
+def test_preset_counts_equal_the_pinned_ones_and_params_the_paper(name):
     preset = get_preset(name)
     cost = measure("condensenet", preset.knobs, preset.num_classes, preset.image_size)
     assert (cost.params, cost.macs) == EXACT[name]
     paper = preset.paper
     assert paper.params_convention == "all"
     assert cost.params == pytest.approx(paper.params, rel=paper.rel_tol)
-    if paper.macs is None:
-        # CIFAR CondenseNetV2: Table 6 FLOPs not reproducible from the described structure.
-        assert name.startswith("condensenetv2-1") and "cannot be reproduced" in paper.note
-        assert cost.macs > 1.3 * preset.extra["paper_macs"]
-    else:
-        assert cost.macs == pytest.approx(paper.macs, rel=paper.rel_tol)
-        assert cost.macs < paper.macs, "conv+linear MACs only: below the papers' element-wise-inclusive FLOPs"
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if get_preset(n).paper.macs is not None])
+def test_preset_macs_against_paper(name):
+    preset = get_preset(name)
+    cost = measure("condensenet", preset.knobs, preset.num_classes, preset.image_size)
+    assert cost.macs == pytest.approx(preset.paper.macs, rel=preset.paper.rel_tol)
+    assert cost.macs < preset.paper.macs, "conv+linear MACs only: below the papers' element-wise-inclusive FLOPs"
+
+
+@pytest.mark.parametrize("name", ["condensenetv2-110", "condensenetv2-146"])
+def test_cifar_condensenetv2_macs_only_pinned_no_paper_oracle(name):
+    """Table 6's CIFAR FLOPs cannot be reproduced from the structure the paper describes, so these
+    MACs are held only by the pinned numbers in EXACT (and the flop-counter agreement of the cost
+    model): no published figure checks them."""
+    preset = get_preset(name)
+    assert preset.paper.macs is None and "cannot be reproduced" in preset.paper.note
+    cost = measure("condensenet", preset.knobs, preset.num_classes, preset.image_size)
+    assert cost.macs == EXACT[name][1]
+    assert cost.macs > 1.3 * preset.extra["paper_macs"]
 
 
 def _official_flops(model: nn.Module, image_size: int) -> int:
@@ -212,7 +225,10 @@ def test_training_step_reaches_every_parameter():
 def test_cost_model_counts_the_real_deploy_model(knobs):
     cost = measure("condensenet", knobs, num_classes=10, image_size=32)
     torch.manual_seed(3)
-    model = cn.build(knobs, num_classes=10, image_size=32)
+    model = cn.build(knobs, num_classes=10, image_size=32).eval()
+    with FlopCounterMode(display=False) as train_counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    assert 2 * cost.train_macs == train_counter.get_total_flops()
     set_progress(model, 1.0)
     deployed = to_deploy(model)
     assert cost.params == count_params(deployed) == sum(p.numel() for p in deployed.parameters())

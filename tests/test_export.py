@@ -8,13 +8,18 @@ import re
 import struct
 from pathlib import Path
 
+import onnx
 import optuna
 import pytest
 import torch
+from onnx.reference import ReferenceEvaluator
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
+import space  # noqa: F401  (registers every family; an import error is a test error)
 from search.export import ExportError, _write_atomic, export_study, load_model
+from space.layers import CondensedReactivation
+from space.registry import get_family, list_families
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -27,7 +32,7 @@ DATA = {"num_classes": 10, "image_size": 32, "in_channels": 3, "mean": [0.49, 0.
 
 
 # One distribution for every trial: Optuna refuses a parameter whose choices change between trials.
-_FAMILY_DIST = CategoricalDistribution(["alpha", "beta", "fam", "condensenet", "igcv2", "rsnet", "slimconv"])
+_FAMILY_DIST = CategoricalDistribution(["alpha", "beta", "fam", *sorted(list_families())])
 
 
 def _new_study(folder: Path, name: str = "export-test") -> optuna.Study:
@@ -196,20 +201,6 @@ def test_load_model_rejects_bad_descriptions(tmp_path: Path):
 
 # --- models=True on a real family -------------------------------------------------------------------
 
-def _real_family():
-    """A registered family to build for real, or skip while the family modules are incomplete."""
-    try:
-        import space  # noqa: F401  (registers every family)
-        from space.registry import get_family, list_families
-    except Exception as e:  # any family module may still be missing or broken
-        pytest.skip(f"space package not importable yet ({type(e).__name__}: {e}); model export untested")
-    names = list_families()
-    if not names:
-        pytest.skip("no family registered")
-    preferred = [n for n in ("rsnet", "condensenet", "slimconv", "igcv2") if n in names]
-    return get_family((preferred or names)[0])
-
-
 def _smallest_knobs(family) -> dict:
     """The low end of every knob range: a network that builds and runs in milliseconds."""
     import dataclasses
@@ -241,19 +232,36 @@ def _trained_deploy(family, knobs: dict, image_size: int):
     return deployed.eval()
 
 
-def test_models_reload_with_load_model(tmp_path: Path):
-    family = _real_family()
+def _save_deploy(deployed, folder: Path) -> Path:
+    """``folder/checkpoint.pt`` as a record names it, with the deploy weights next to it."""
+    folder.mkdir(parents=True)
+    torch.save(deployed.state_dict(), folder / "deploy.pt")
+    return folder / "checkpoint.pt"
+
+
+def _assert_onnx_matches(onnx_path: Path, deployed, size: int) -> None:
+    """The ONNX file runs in onnx.reference (batch of 2: the batch axis is dynamic) and computes the
+    deploy form's logits."""
+    graph = onnx.load(onnx_path)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    got = ReferenceEvaluator(graph).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        want = deployed(x)
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family_name", list_families())
+def test_models_reload_with_load_model(family_name: str, tmp_path: Path):
+    family = get_family(family_name)
     knobs = _smallest_knobs(family)
     size = 16
     deployed = _trained_deploy(family, knobs, size)
-    ckpt_dir = tmp_path / "checkpoints" / "abc"
-    ckpt_dir.mkdir(parents=True)
-    torch.save(deployed.state_dict(), ckpt_dir / "deploy.pt")
+    checkpoint = _save_deploy(deployed, tmp_path / "checkpoints" / "abc")
 
     study = _new_study(tmp_path)
     data = {**DATA, "image_size": size}
     _add(study, "trained", [0.8, 2e6, 2e4], family=family.name, knobs=knobs, **data,
-         checkpoint=str(ckpt_dir / "checkpoint.pt"))
+         checkpoint=str(checkpoint))
     _add(study, "trained", [0.6, 1e6, 1e4], family=family.name, knobs=knobs, **data,
          checkpoint=str(tmp_path / "checkpoints" / "gone" / "checkpoint.pt"))
     stale = tmp_path / "out" / "models" / "trial_1.pt"  # left by an earlier export
@@ -284,17 +292,48 @@ def test_models_reload_with_load_model(tmp_path: Path):
     with torch.no_grad():
         assert torch.equal(model(x), deployed(x))
 
-    if member["onnx"] is None:
-        assert member["onnx_error"]  # recorded, not raised
-        return
-    assert member["onnx_check"]
-    onnx = pytest.importorskip("onnx", reason="onnx not installed: the ONNX file is not run")
-    from onnx.reference import ReferenceEvaluator
+    assert member["onnx"] == "models/trial_0.onnx", member.get("onnx_error")
+    assert member["onnx_check"].startswith("same outputs"), member["onnx_check"]
+    assert not any("ONNX export skipped" in line for line in lines)
+    _assert_onnx_matches(tmp_path / "out" / member["onnx"], deployed, size)
 
-    graph = onnx.load(tmp_path / "out" / member["onnx"])
-    got = ReferenceEvaluator(graph).run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(got), deployed(x), rtol=1e-4, atol=1e-4)
+
+def test_condensenetv2_with_sfr_exports_to_onnx(tmp_path: Path):
+    """SFR's deploy form sums several kept outputs into one input channel; the ONNX graph must add
+    them too (a plain index_add/scatter export overwrites, and the logits change)."""
+    family = get_family("condensenet")
+    # G = 4 SFR groups each keep O / S = O / 2 outputs: 2 * O entries into O channels, so the index
+    # repeats channels (pigeonhole), whatever outputs the schedule keeps.
+    knobs = {**_smallest_knobs(family), "sfr": True, "sfr_groups": 4, "sfr_factor": 2,
+             "layers": [2, 1, 1], "growth": [8, 8, 8]}
+    size = 8
+    deployed = _trained_deploy(family, knobs, size)
+    sfr_layers = [m for m in deployed.modules() if isinstance(m, CondensedReactivation)]
+    assert len(sfr_layers) == sum(knobs["layers"])  # one SFR per dense layer
+    for layer in sfr_layers:
+        index = layer.index
+        assert index.numel() == 4 * (layer.out_channels // 2)
+        assert index.unique().numel() < index.numel(), f"no repeated SFR index: {index.tolist()}"
+    layer = sfr_layers[0]
+    y = torch.randn(1, layer.index.numel(), 2, 2)
+    expanded = layer.index.view(1, -1, 1, 1).expand_as(y)
+    zeros = y.new_zeros(1, layer.out_channels, 2, 2)
+    assert not torch.allclose(zeros.clone().scatter_(1, expanded, y), zeros.clone().scatter_add_(1, expanded, y))
+
+    checkpoint = _save_deploy(deployed, tmp_path / "checkpoints" / "sfr")
+    study = _new_study(tmp_path)
+    _add(study, "trained", [0.8, 2e6, 2e4], family="condensenet", knobs=knobs,
+         **{**DATA, "image_size": size}, checkpoint=str(checkpoint))
+    lines: list[str] = []
+    doc = export_study(study, tmp_path / "out", models=True, log=lines.append)
+    (member,) = doc["members"]
+    assert member["onnx"] == "models/trial_0.onnx", member.get("onnx_error")
+    assert member["onnx_check"].startswith("same outputs"), member["onnx_check"]
+
+    model = load_model(tmp_path / "out" / member["model"])
+    reloaded = [m for m in model.modules() if isinstance(m, CondensedReactivation)]
+    assert [m.index.tolist() for m in reloaded] == [m.index.tolist() for m in sfr_layers]
+    _assert_onnx_matches(tmp_path / "out" / member["onnx"], deployed, size)
 
 
 class _RepeatedIndexAdd(torch.nn.Module):
@@ -311,7 +350,6 @@ class _RepeatedIndexAdd(torch.nn.Module):
 
 
 def test_mistranslated_onnx_is_refused_not_written(tmp_path: Path):
-    pytest.importorskip("onnx", reason="no ONNX runtime to compare outputs with")
     from search.export import _export_onnx
 
     entry = {"trial": 3, "macs": 9}

@@ -98,7 +98,11 @@ def test_deploy_form_matches_after_sparsification(name):
 def test_cost_model_matches_built_model_and_flop_counter(name):
     knobs = _small_knobs(name, seed=2)
     cost = measure(name, knobs, num_classes=7, image_size=16)
-    model = get_family(name).build(knobs, num_classes=7, image_size=16)
+    model = get_family(name).build(knobs, num_classes=7, image_size=16).eval()
+    # The training form (masked, before condensation) against an independent count.
+    with FlopCounterMode(display=False) as train_counter, torch.no_grad():
+        model(torch.zeros(1, 3, 16, 16))
+    assert cost.train_macs == train_counter.get_total_flops() // 2
     convert.set_progress(model, 1.0)
     deployed = convert.to_deploy(model)
     assert cost.params == sum(p.numel() for p in deployed.parameters())

@@ -56,6 +56,9 @@ def _meta_block(spec: BlockSpec, bn_layout: str = "linear") -> IGCV2Block:
     (BlockSpec(36, 36, 1, 2, (18,)), True, True, True, (1, 1)),           # S*K1 = K2 = 18
     (BlockSpec(64, 128, 2, 1, (8, 8)), True, True, True, (1, 1)),         # widening transition
     (BlockSpec(64, 128, 2, 1, (16, 16)), True, False, True, (4, 4)),      # Table 1 C64 transition
+    # 4 * 4 = 16 > 12 paths spread unevenly: one path to some inputs, two to others
+    (BlockSpec(12, 12, 1, 1, (4, 4)), True, False, True, (1, 2)),
+    (BlockSpec(12, 12, 1, 2, (3, 3)), True, False, False, (1, 2)),
 ])
 def test_check_conditions_on_good_and_bad_blocks(spec, dense, complementary, balance, paths):
     result = check_conditions(_meta_block(spec))

@@ -272,3 +272,120 @@ def test_budget_lock_lets_one_driver_at_a_time_count_and_ask(tmp_path, postgres_
         t0 = time.monotonic()
         with budget_lock(other):
             assert time.monotonic() - t0 < 0.5
+
+
+# A driver whose heartbeat is 1 s (grace period 6 s), set before anything opens the storage. With
+# `block`, its trials announce themselves (`running_<trial number>` in the gate folder) and then never
+# return, so the test can SIGKILL the driver mid-trial; without it they are the stand-in trial.
+KILLABLE_DRIVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import search.study
+    search.study.HEARTBEAT_S = 1
+    from search.config import load_study
+    from search.runner import Sweep
+    from search.testing import cheap_trial
+
+    study_file, gate, mode = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+
+    def blocking_trial(spec, data, report):
+        (gate / f"running_{spec['number']}").touch()
+        time.sleep(600)  # killed long before; the limit only keeps a leaked worker from living on
+        raise RuntimeError("the test should have killed this driver")
+
+    s = Sweep(load_study(study_file), trial_fn=blocking_trial if mode == "block" else cheap_trial).run()
+    print("SUMMARY", s.trained, s.stopped, s.failed, s.infeasible, s.duplicate, flush=True)
+""")
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's process group, then anything else left in its session (Ray's processes)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == proc.pid:  # fields after the name: state, ppid, pgrp, session
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_killed_drivers_trials_are_failed_and_requeued_by_the_next(tmp_path, postgres_url):  # noqa: F811
+    """Shared-database recovery: a driver SIGKILLed mid-trial leaves its trials RUNNING with no more
+    heartbeats; a second driver started after the grace period fails them (Optuna's stale-trial check)
+    and re-queues each one's parameters as a retry, which it trains. Afterwards the study holds exactly
+    the budget of trained trials, each interrupted trial is FAIL with one trained retry of the same
+    parameters, nothing is left RUNNING or WAITING, and no architecture is trained twice."""
+    study_file = tmp_path / "killed.yaml"
+    study_file.write_text(yaml.safe_dump(_study(tmp_path, postgres_url, "killed")))
+    (tmp_path / "driver.py").write_text(KILLABLE_DRIVER)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+
+    def start(mode: str) -> subprocess.Popen:
+        out, err = open(tmp_path / f"{mode}.out", "w"), open(tmp_path / f"{mode}.err", "w")
+        with out, err:
+            return subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study_file), str(gate), mode],
+                                    cwd=tmp_path, env=_env(), stdout=out, stderr=err, start_new_session=True)
+
+    def logs(mode: str) -> str:
+        return (tmp_path / f"{mode}.out").read_text()[-2000:] + "\n" + (tmp_path / f"{mode}.err").read_text()[-3000:]
+
+    a = start("block")
+    try:
+        deadline = time.monotonic() + DRIVER_TIMEOUT_S
+        while not list(gate.glob("running_*")) and a.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        running = sorted(int(p.name.split("_")[1]) for p in gate.glob("running_*"))
+        assert running, f"driver A never started a trial (exit status {a.poll()}):\n{logs('block')}"
+        time.sleep(1)  # let A finish proposing its look-ahead trial, so it dies waiting on its worker
+    finally:
+        _kill_session(a)
+    left_by_a = load_existing_study(postgres_url, "killed").get_trials()
+    assert left_by_a and all(t.state == TrialState.RUNNING for t in left_by_a), \
+        [(t.number, t.state.name) for t in left_by_a]
+    killed_at = time.monotonic()
+
+    time.sleep(max(0.0, killed_at + 8 - time.monotonic()))  # past the 6 s grace period: A's trials are stale
+    b = start("run")
+    try:
+        rc = b.wait(timeout=DRIVER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        _stop(b)
+    assert rc == 0, f"driver B exited {rc}:\n{logs('run')}"
+
+    trials = load_existing_study(postgres_url, "killed").get_trials()
+    by_number = {t.number: t for t in trials}
+    problems = []
+    for n in running:
+        if by_number[n].state != TrialState.FAIL:
+            problems.append(f"trial {n}, running when its driver was killed, is {by_number[n].state.name}, not FAIL")
+    for t in trials:
+        if t.state != TrialState.FAIL or not t.params:
+            continue
+        retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
+        if len(retries) != 1:
+            problems.append(f"failed trial {t.number} has {len(retries)} retries {[r.number for r in retries]}, not 1")
+            continue
+        r = retries[0]
+        if r.number <= t.number or r.params != t.params or trial_status(r) != "trained":
+            problems.append(f"retry {r.number} of failed trial {t.number}: {trial_status(r)}, "
+                            f"params {'equal' if r.params == t.params else 'differ'}")
+    # Optuna fails a stale trial without this driver's `status` record (its state says it): only
+    # the dead driver's trials may lack one.
+    for p in _problems(trials, [_summary((tmp_path / "run.out").read_text())]):
+        if p.startswith("finished trials without a `status` record: "):
+            numbers = set(json.loads(p.split(": ", 1)[1]))
+            if numbers <= {t.number for t in left_by_a}:
+                continue
+        problems.append(p)
+    assert not problems, "\n".join(problems) + f"\ndriver B:\n{logs('run')}"
