@@ -5,7 +5,7 @@ masked training form is timed against ``to_deploy`` of it (same function, checke
 the median of ``--runs`` forward passes at batch 1 in eval mode after a warm-up
 (``trainers.latency.measure_latency``). The two forms alternate (A B A B ...) ``--repeats``
 times and the medians of the medians are compared (goal: deploy / masked <= 0.5 for
-condensenetv2-110).
+condensenetv2-110). Exits 1 without timing anything when the two forms' outputs differ.
 
     python bench/deploy_latency.py
     python bench/deploy_latency.py --preset condensenet-86 --threads 1 --repeats 5
@@ -24,6 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from space import build_model, get_preset, set_progress, to_deploy  # noqa: E402
 from trainers.latency import measure_latency  # noqa: E402
+
+MAX_ABS_DIFF = 1e-4  # the deploy form must compute the masked form's outputs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(8, 3, preset.image_size, preset.image_size)
     with torch.no_grad():
         diff = float((masked(x) - deployed(x)).abs().max())
+    if not diff < MAX_ABS_DIFF:  # timing a wrong network would report a meaningless ratio
+        print(f"{args.preset}: the deploy form computes other outputs than the masked form "
+              f"(max |masked - deploy| = {diff:.2e} >= {MAX_ABS_DIFF:.0e}); nothing timed", file=sys.stderr)
+        return 1
     if args.channels_last:
         masked.to(memory_format=torch.channels_last)
         deployed.to(memory_format=torch.channels_last)

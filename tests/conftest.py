@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytest_plugins = ["strict_skips"]  # EFFNAS_NO_SKIPS=1 (CI): a skip fails
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EFFNAS_SHARED", REPO.parent / "shared"))
 CIFAR10_DIR = SHARED / "data" / "cifar10"

@@ -6,8 +6,9 @@ creates the database ``effnas`` owned by the password-protected role ``effnas``,
 SQLAlchemy URL with a function that stops the server and removes the folder.
 
 PostgreSQL refuses to run as root: under root the server runs as the ``postgres`` system user, which
-owns the folder. Missing binaries or a missing psycopg2 skip the tests that need the server, except
-where ``EFFNAS_REQUIRE_POSTGRES=1`` (CI) makes them fail; ``.ci/install_postgres.sh`` installs both.
+owns the folder. Missing server binaries skip the tests that need the server, except where
+``EFFNAS_REQUIRE_POSTGRES=1`` (CI) makes them fail; ``.ci/install_postgres.sh`` installs them. A missing
+psycopg2 (a test dependency) always fails.
 """
 from __future__ import annotations
 
@@ -54,10 +55,6 @@ def _version_key(bindir: str) -> tuple:
 def _missing_reason() -> str | None:
     if find_bindir() is None:
         return f"no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin; {INSTALL_HINT}"
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        return f"psycopg2 is not installed in this Python environment; {INSTALL_HINT}"
     if os.geteuid() == 0:
         try:
             pwd.getpwnam(SERVER_USER)
@@ -69,7 +66,12 @@ def _missing_reason() -> str | None:
 
 
 def require_postgres() -> None:
-    """Skip (or, with EFFNAS_REQUIRE_POSTGRES=1, fail) when a server cannot be started here."""
+    """Skip (or, with EFFNAS_REQUIRE_POSTGRES=1, fail) when no server can be started on this
+    machine. psycopg2 is a declared test dependency: without it the tests fail, never skip."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg2 is not installed: it is a test dependency (pip install -e '.[test]')")
     reason = _missing_reason()
     if reason is None:
         return
