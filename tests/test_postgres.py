@@ -25,7 +25,7 @@ from search.config import parse_study
 from search.errors import StorageError
 from search.study import load_existing_study, open_study, trial_status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 8
 
