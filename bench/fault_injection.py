@@ -29,7 +29,8 @@ from test_faults import N_TRIALS, run_driver, snapshot, write_study  # noqa: E40
 from optuna.trial import TrialState  # noqa: E402
 
 from search.faults import POINTS  # noqa: E402
-from search.study import load_existing_study, trial_status  # noqa: E402
+from search.record import trial_status  # noqa: E402
+from search.storage import load_existing_study  # noqa: E402
 
 
 def kill_from_outside(tmp: Path, study: Path, delay: float) -> int:

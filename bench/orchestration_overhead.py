@@ -40,7 +40,7 @@ def effnas_spans(n: int, workdir: str) -> dict[str, float]:
     import ray
 
     from search.config import parse_study
-    from search.runner import Sweep
+    from search.sweep import Sweep
     from search.testing import cheap_trial
     from trainers.data import DataConfig, load_data
 

@@ -13,13 +13,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from search.errors import EffnasError
+from search.exceptions import EffnasError, UsageError
 
 __all__ = ["main"]
-
-
-class UsageError(EffnasError):
-    pass
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -111,7 +107,7 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from search.config import load_study
-    from search.runner import Sweep
+    from search.sweep import Sweep
 
     cfg = load_study(args.study)
     if args.n_trials is not None and args.n_trials < 1:
@@ -121,7 +117,7 @@ def cmd_run(args) -> int:
           f"{summary.infeasible} infeasible, {summary.duplicate} duplicates in {summary.wall_seconds:.1f}s; "
           f"driver overhead {summary.overhead_ms_per_trial:.1f} ms per proposal")
     from search.status import print_status
-    from search.study import load_existing_study
+    from search.storage import load_existing_study
 
     print_status(load_existing_study(cfg.storage_url, cfg.study))
     return 0
@@ -129,7 +125,7 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     from search.status import print_status, status_dict
-    from search.study import load_existing_study
+    from search.storage import load_existing_study
 
     name, url = _study_and_storage(args)
     study = load_existing_study(url, name)
@@ -142,7 +138,7 @@ def cmd_status(args) -> int:
 
 def cmd_export(args) -> int:
     from search.export import export_study
-    from search.study import load_existing_study
+    from search.storage import load_existing_study
 
     name, url = _study_and_storage(args)
     study = load_existing_study(url, name)
@@ -187,6 +183,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_causes(error: BaseException) -> None:
+    """Messages are raised ``from`` their cause; with --debug the whole chain is printed, including
+    causes a message hid on purpose (``from None``) because the message says it all."""
+    seen = error
+    while seen is not None:
+        seen.__suppress_context__ = False
+        seen = seen.__cause__ or seen.__context__
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except EffnasError as e:
         if args.debug:
+            _show_causes(e)
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from search.errors import StudyFileError
+from search.exceptions import StudyFileError
 
 __all__ = [
     "StudyConfig", "DataSection", "FamilySection", "ConstraintsSection", "SamplerSection",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study import trial_status
+from search.record import TrialRecord, TrialStatus, read_record, trial_status
 
 __all__ = ["FrontMember", "front_candidates", "non_dominated", "pareto_front", "objectives_of"]
 
@@ -21,7 +21,7 @@ class FrontMember:
     number: int
     family: str
     values: dict        # objective name -> value
-    record: dict        # the trial's record (knobs, params, macs, accuracies, fidelity, ...)
+    record: TrialRecord  # the trial's record (knobs, params, macs, accuracies, fidelity, ...)
     params: dict        # the Optuna parameters (to re-enqueue or inspect)
 
 
@@ -31,7 +31,7 @@ def objectives_of(study: optuna.Study) -> list[str]:
 
 def front_candidates(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if trial_status(t) == "trained"]
+            if trial_status(t) == TrialStatus.TRAINED]
 
 
 def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
@@ -53,9 +53,11 @@ def pareto_front(study: optuna.Study) -> list[FrontMember]:
     directions = [d.name.lower() for d in study.directions]
     trials = front_candidates(study)
     keep = non_dominated([list(t.values) for t in trials], directions)
-    members = [FrontMember(number=trials[i].number, family=trials[i].user_attrs.get("family", ""),
-                           values=dict(zip(names, trials[i].values)),
-                           record=trials[i].user_attrs.get("record", {}), params=dict(trials[i].params))
-               for i in keep]
+    members = []
+    for i in keep:
+        record = read_record(trials[i])
+        members.append(FrontMember(number=trials[i].number, family=record.family,
+                                   values=dict(zip(names, trials[i].values)), record=record,
+                                   params=dict(trials[i].params)))
     order = names[1] if len(names) > 1 else names[0]
     return sorted(members, key=lambda m: (m.values[order], -m.values.get("accuracy", 0)))

@@ -7,33 +7,32 @@ import optuna
 from optuna.trial import TrialState
 
 from search.pareto import objectives_of, pareto_front
-from search.study import trial_status
+from search.record import read_record, trial_status
 
 __all__ = ["status_dict", "print_status"]
 
 
-def _seconds(trials) -> tuple[float, float]:
+def _seconds(trials, records) -> tuple[float, float]:
     """Wall time from the first trial's start to the last one's end, and summed training time."""
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
-    train = sum(t.user_attrs.get("record", {}).get("train_seconds") or 0.0 for t in trials)
-    return wall, train
+    return wall, sum(r.train_seconds or 0.0 for r in records)
 
 
-def _overhead_ms(trials) -> float | None:
+def _overhead_ms(trials, records) -> float | None:
     """Driver time per trial that occupied a worker (trained, stopped or failed): its wall time from
     ask to tell minus the worker's busy time and the time it waited, priced, for a free worker."""
-    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["record"]["worker_seconds"]
-             - t.user_attrs["record"].get("queued_seconds", 0.0)
-             for t in trials
-             if t.datetime_start and t.datetime_complete and "worker_seconds" in t.user_attrs.get("record", {})]
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - r.worker_seconds - (r.queued_seconds or 0.0)
+             for t, r in zip(trials, records)
+             if t.datetime_start and t.datetime_complete and r.worker_seconds is not None]
     return 1000 * sum(spans) / len(spans) if spans else None
 
 
 def status_dict(study: optuna.Study) -> dict:
     trials = study.get_trials(deepcopy=False)
-    wall, train = _seconds(trials)
+    records = [read_record(t) for t in trials]
+    wall, train = _seconds(trials, records)
     front = pareto_front(study)
     return {
         "study": study.study_name,
@@ -44,9 +43,9 @@ def status_dict(study: optuna.Study) -> dict:
         "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "wall_seconds": wall,
         "train_seconds": train,
-        "overhead_ms_per_trial": _overhead_ms(trials),
+        "overhead_ms_per_trial": _overhead_ms(trials, records),
         "pareto": [{"number": m.number, "family": m.family, "values": m.values,
-                    "test_acc": m.record.get("test_acc"), "epochs": m.record.get("epochs")} for m in front],
+                    "test_acc": m.record.test_acc, "epochs": m.record.epochs} for m in front],
     }
 
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 import random
 
 from search.config import StudyConfig
-from search.runner import family_spaces
+from search.feasibility import cost_constraints, is_feasible
+from search.proposal import family_spaces
 
 __all__ = ["describe_study"]
 
 _NATIVE = {"cifar10": (10, 32, 3), "cifar100": (100, 32, 3), "digits": (10, 8, 1), "mnist": (10, 28, 1),
            "fashion_mnist": (10, 28, 1), "npz": (10, 32, 3)}
-
-
-def _within(cfg: StudyConfig, cost) -> bool:
-    c = cfg.constraints
-    return ((c.max_macs is None or cost.macs <= c.max_macs)
-            and (c.max_params is None or cost.params <= c.max_params))
 
 
 def _extremes(cfg: StudyConfig, name: str, space: dict, samples: int) -> list[str]:
@@ -30,7 +25,7 @@ def _extremes(cfg: StudyConfig, name: str, space: dict, samples: int) -> list[st
     for _ in range(samples):
         knobs = family.sample(draw_random(space, rng))
         cost = measure(name, knobs, num_classes=classes, image_size=size, in_channels=channels)
-        if _within(cfg, cost):
+        if is_feasible(cost_constraints(cfg, cost.as_dict())):
             feasible.append((cost.macs, cost.params, knobs))
     if not feasible:
         return [f"    none of {samples} random samples meets the budget: widen `constraints:` or the ranges"]

@@ -10,7 +10,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.runner import budget_used
+from search.sweep import budget_used
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.study import load_existing_study, trial_status
+from search.record import trial_status
+from search.storage import load_existing_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

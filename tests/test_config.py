@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from search.config import load_study, parse_study
-from search.errors import StudyFileError
+from search.exceptions import StudyFileError
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))

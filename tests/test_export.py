@@ -17,7 +17,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 import space  # noqa: F401  (registers every family; an import error is a test error)
-from search.export import ExportError, _write_atomic, export_study, load_model
+from search.export import ExportError, export_study, load_model
+from search.export._files import write_atomic as _write_atomic
 from space.layers import CondensedReactivation
 from space.registry import get_family, list_families
 
@@ -163,7 +164,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("search.export.os.replace", broken_replace)
+    monkeypatch.setattr("search.export._files.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         _write_atomic(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["pareto.json"]
@@ -350,7 +351,7 @@ class _RepeatedIndexAdd(torch.nn.Module):
 
 
 def test_mistranslated_onnx_is_refused_not_written(tmp_path: Path):
-    from search.export import _export_onnx
+    from search.export._models import _export_onnx
 
     entry = {"trial": 3, "macs": 9}
     _export_onnx(entry, _RepeatedIndexAdd().eval(), {"image_size": 4, "in_channels": 3}, tmp_path, "trial_3")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.study import load_existing_study, trial_status
+from search.record import trial_status
+from search.storage import load_existing_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = """
 import sys
 from search.config import load_study
-from search.runner import Sweep
+from search.sweep import Sweep
 from search.testing import cheap_trial
 Sweep(load_study(sys.argv[1]), trial_fn=cheap_trial).run()
 """

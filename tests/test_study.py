@@ -4,9 +4,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.runner import family_spaces, propose
+from search.proposal import draw as propose, family_spaces
 from search.config import parse_study
-from search.study import open_storage, params_in_one_write
+from search.storage import open_storage, params_in_one_write
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

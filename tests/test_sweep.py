@@ -16,10 +16,12 @@ import pytest
 from optuna.trial import TrialState
 
 from search.config import parse_study
-from search.errors import SearchSpaceExhausted, StudyLockedError
+from search.exceptions import SearchSpaceExhausted, StudyLockedError
 from search.pareto import non_dominated, pareto_front
-from search.runner import Sweep, family_spaces, propose
-from search.study import load_existing_study, open_study, trial_status
+from search.proposal import draw as propose, family_spaces
+from search.sweep import Sweep
+from search.record import trial_status
+from search.storage import load_existing_study, open_study
 from search import testing
 
 pytestmark = pytest.mark.slow
@@ -198,7 +200,7 @@ def test_second_driver_on_sqlite_study_is_refused(tmp_path):
 
 
 def test_objectives_must_match_existing_study(tmp_path):
-    from search.errors import StorageError
+    from search.exceptions import StorageError
 
     open_study(_cfg(tmp_path))
     with pytest.raises(StorageError, match="differ from those the study"):

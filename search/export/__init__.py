@@ -1,0 +1,121 @@
+"""`python -m search export`: the Pareto front as tables, plots and, on request, deployable models.
+
+Everything comes from the study database (see ``search.record``): the front is
+:func:`search.pareto.pareto_front` (trials trained to full fidelity, feasible, not duplicates), and
+each member's numbers come from its trial record. Files written to the output folder:
+
+- ``pareto.csv`` / ``pareto.json``: one row/entry per member (trial number, family, knobs, params,
+  MACs, validation accuracy, fidelity, test accuracy, latency, objective values); the JSON also
+  holds the study name, objectives, directions and the counting conventions.
+- ``pareto.html``: interactive plotly scatter, plotly.js inlined so it opens offline.
+- ``pareto.png``: the same two panels (accuracy vs MACs, accuracy vs params) drawn with matplotlib.
+- with ``models=True``, per member in ``models/``: ``trial_<n>.pt`` (state_dict of the deploy form),
+  ``trial_<n>.json`` (what :func:`load_model` needs to rebuild it) and ``trial_<n>.onnx`` where the
+  ONNX export works and, if onnxruntime or the onnx package can run the graph, gives the same outputs
+  (otherwise the member entry says why there is no ONNX file).
+
+What the trial record must carry (keys of the ``record`` user attribute): ``knobs``, ``params``,
+``macs``, ``val_acc``, ``fidelity``, ``epochs``/``fidelity_reached``, optionally ``test_acc``,
+``latency_ms``, ``train_params``, ``train_macs``. For models: ``num_classes`` and ``image_size``
+(``in_channels`` defaults to 3; ``mean``/``std`` are copied when present), taken from the record or
+else from a study user attribute ``data`` holding the same keys; and the deploy weights, found at
+``deploy_path`` if recorded, else as ``deploy.pt`` next to ``checkpoint`` (the checkpoint file or
+its folder).
+
+Every file is written to a temporary sibling and renamed into place, so a reader (a browser left
+open, a script polling the folder) never sees half a file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from search import faults
+from search.exceptions import ExportError
+from search.export._files import clean, json_text, write_atomic
+from search.export._models import MODEL_FORMAT, export_member_model, load_model
+from search.export._plots import html, png, points_of
+from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
+from search.pareto import FrontMember, front_candidates, objectives_of, pareto_front
+
+__all__ = ["ExportError", "export_study", "load_model", "MODEL_FORMAT"]
+
+
+def _image_size(front: list[FrontMember], study: optuna.Study) -> int | None:
+    for m in front:
+        size = m.record.image_size or (m.record.fidelity or {}).get("image_size")
+        if size:
+            return size
+    return (study.user_attrs.get("data") or {}).get("image_size")
+
+
+def _prepare_dir(out_dir: Path, models: bool) -> Path:
+    models_dir = out_dir / "models"
+    try:
+        (models_dir if models else out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the export folder {out_dir}: {e}; pass --out to a writable place") from None
+    return models_dir
+
+
+def _export_models(study: optuna.Study, front: list[FrontMember], entries: list[dict], models_dir: Path,
+                   log: Callable[[str], None]) -> None:
+    for entry, m in zip(entries, front):
+        meta = {"in_channels": 3, **data_meta(m.record, study)}
+        export_member_model(entry, m.record, meta, models_dir, study.study_name, log)
+
+
+def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entries: list[dict],
+                            out_dir: Path, models: bool) -> dict:
+    names = objectives_of(study)
+    size = _image_size(front, study)
+    doc = {
+        "study": study.study_name,
+        "objectives": names,
+        "directions": [d.name.lower() for d in study.directions],
+        "image_size": size,
+        "conventions": CONVENTIONS.format(size=f"{size}x{size}" if size else "not recorded"),
+        "n_trained": len(front_candidates(study)),
+        "members": entries,
+    }
+    points = points_of(study, front)
+    title = f"{study.study_name}: {len(front)} front members of {len(points)} trained trials"
+    write_atomic(out_dir / "pareto.json", json_text(doc))
+    write_atomic(out_dir / "pareto.csv", csv_text(entries, names, models))
+    faults.checkpoint("exporting")
+    write_atomic(out_dir / "pareto.html", html(points, title))
+    write_atomic(out_dir / "pareto.png", png(points, title))
+    return doc
+
+
+def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
+                 log: Callable[[str], None] = print) -> dict:
+    """Write the study's Pareto front to ``out_dir`` (see the module docstring for the files).
+
+    Args:
+        study: the study, opened from its database.
+        out_dir: created if absent; existing files of the same names are replaced atomically.
+        models: also write each member's deploy weights, model description and ONNX graph.
+        log: where progress lines go.
+
+    Returns:
+        The content of ``pareto.json``.
+
+    Raises:
+        ExportError: the folder cannot be created or written.
+    """
+    out_dir = Path(out_dir)
+    models_dir = _prepare_dir(out_dir, models)
+    front = pareto_front(study)
+    entries = [member_entry(m) for m in front]
+    try:
+        if models:
+            _export_models(study, front, entries, models_dir, log)
+        doc = _write_tables_and_plots(study, front, entries, out_dir, models)
+    except OSError as e:
+        raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None
+    log(f"wrote {len(front)} front members ({doc['n_trained']} fully trained trials) to {out_dir}: "
+        f"pareto.csv, pareto.json, pareto.html, pareto.png" + (", models/" if models else ""))
+    return clean(doc)

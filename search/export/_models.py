@@ -1,0 +1,207 @@
+"""Deployable models of the front: deploy weights, a description that rebuilds each network, and an
+ONNX graph checked to compute the same outputs."""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from search.exceptions import ExportError
+from search.export._files import json_text, reason, write_atomic
+from search.record import TrialRecord
+
+__all__ = ["MODEL_FORMAT", "export_member_model", "load_model"]
+
+MODEL_FORMAT = 1  # layout version of models/trial_<n>.json
+_INPUT_NOTE = ("NCHW float32 images: uint8 pixels / 255, then (x - mean) / std per channel; "
+               "output: logits over num_classes")
+_ONNX_TOL = 1e-4  # relative to the largest logit: float32 reordering, not a wrong operation
+_ONNX_REFERENCE_MAX_MACS = 2e9  # about a minute of onnx.reference time
+
+
+def _deploy_weights_path(record: TrialRecord) -> Path | None:
+    """Where the trainer left the deploy weights: ``deploy_path``, else deploy.pt by ``checkpoint``."""
+    if record.deploy_path:
+        return Path(record.deploy_path)
+    ckpt = record.checkpoint
+    if not ckpt:
+        return None
+    ckpt = Path(ckpt)
+    folder = ckpt if ckpt.is_dir() or not ckpt.suffix else ckpt.parent
+    return folder / "deploy.pt"
+
+
+def _build_deploy(family: str, knobs: dict, num_classes: int, image_size: int, in_channels: int):
+    """Deploy form with the structure the trainer saved: built, masks stepped to the end, converted.
+
+    Built on CPU rather than meta: every buffer then holds real memory, including any a layer keeps
+    outside its state_dict, and load_state_dict fills the rest.
+    """
+    from space.convert import has_schedule, set_progress, to_deploy
+    from space.registry import get_family
+
+    fam = get_family(family)
+    model = fam.build(fam.knobs_from_dict(knobs), num_classes=num_classes, image_size=image_size,
+                      in_channels=in_channels)
+    if has_schedule(model):
+        set_progress(model, 1.0)  # the deploy structure of a finished training run
+    return to_deploy(model).cpu()
+
+
+def _load_weights(model, path: Path) -> None:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+
+
+def _run_onnx(blob: bytes, x, allow_reference: bool):
+    """Outputs of the ONNX graph on ``x`` and the runtime used, or (None, why it was not run)."""
+    try:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        return session.run(None, {"input": x.numpy()})[0], "onnxruntime"
+    except ImportError:
+        pass
+    try:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+    except ImportError:
+        return None, "no ONNX runtime installed (onnxruntime or onnx)"
+    if not allow_reference:
+        return None, "too large for the pure-Python onnx.reference runtime; install onnxruntime"
+    return ReferenceEvaluator(onnx.load_from_string(blob)).run(None, {"input": x.numpy()})[0], "onnx.reference"
+
+
+def _onnx_bytes(model, image_size: int, in_channels: int, allow_reference: bool = True) -> tuple[bytes, str]:
+    """The ONNX graph of ``model`` and a note on how its outputs were checked.
+
+    Raises:
+        ValueError: the graph computes other outputs than ``model``. The TorchScript exporter only
+            warns about some mistranslations (index_add with repeated indices becomes a scatter that
+            overwrites instead of adding), so the outputs are compared whenever a runtime exists.
+    """
+    import torch
+
+    x = torch.randn(1, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    blob = buf.getvalue()
+    try:
+        got, runtime = _run_onnx(blob, x, allow_reference)
+    except Exception as e:  # a runtime gap says nothing about the graph: keep it, unchecked
+        return blob, f"not checked: the runtime failed ({reason(e)})"
+    if got is None:
+        return blob, f"not checked: {runtime}"
+    with torch.no_grad():
+        want = model(x)
+    diff = (torch.as_tensor(got) - want).abs().max().item()
+    if not diff <= _ONNX_TOL * max(1.0, want.abs().max().item()):
+        raise ValueError(f"the ONNX graph computes other outputs than the model (max abs diff {diff:.3g} "
+                         f"checked with {runtime}); an operation is mistranslated by the exporter")
+    return blob, f"same outputs ({runtime}, max abs diff {diff:.2g})"
+
+
+def _remove_stale(models_dir: Path, stem: str, suffixes: tuple[str, ...]) -> None:
+    """Drop files a previous export left for this trial, so none outlives the entry saying it is absent."""
+    for suffix in suffixes:
+        (models_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+
+
+def _export_onnx(entry: dict, model, meta: dict, models_dir: Path, stem: str) -> None:
+    # The pure-Python reference runtime is slow on large graphs: it checks only what it runs in seconds.
+    allow_reference = (entry.get("macs") or 0) <= _ONNX_REFERENCE_MAX_MACS
+    try:
+        blob, check = _onnx_bytes(model, meta["image_size"], meta["in_channels"], allow_reference)
+    except Exception as e:  # exporter gaps (an op without ONNX symbol, wrong outputs) are not fatal
+        _remove_stale(models_dir, stem, (".onnx",))
+        entry["onnx"], entry["onnx_error"] = None, reason(e)
+        return
+    write_atomic(models_dir / f"{stem}.onnx", blob)
+    entry["onnx"], entry["onnx_check"] = f"models/{stem}.onnx", check
+
+
+def _model_description(entry: dict, meta: dict, study_name: str, stem: str) -> dict:
+    return {
+        "format": MODEL_FORMAT, "study": study_name, "trial": entry["trial"], "family": entry["family"],
+        "knobs": entry["knobs"], "num_classes": meta["num_classes"], "in_channels": meta["in_channels"],
+        "image_size": meta["image_size"], "mean": meta.get("mean"), "std": meta.get("std"),
+        "input": _INPUT_NOTE, "weights": f"{stem}.pt", "form": "deploy",
+        "accuracy": entry["accuracy"], "params": entry["params"], "macs": entry["macs"],
+        "load": f"from search.export import load_model; model = load_model('<export folder>/models/{stem}.json')",
+    }
+
+
+def _missing(entry: dict, reason: str, models_dir: Path, log: Callable[[str], None]) -> None:
+    _remove_stale(models_dir, f"trial_{entry['trial']}", (".pt", ".json", ".onnx"))
+    entry.update({"weights": None, "model": None, "onnx": None, "weights_error": reason})
+    log(f"trial {entry['trial']}: no model exported: {reason}")
+
+
+def export_member_model(entry: dict, record: TrialRecord, meta: dict, models_dir: Path, study_name: str,
+                         log: Callable[[str], None]) -> None:
+    """Write trial_<n>.pt/.json/.onnx for one member; a missing or broken part is noted in ``entry``."""
+    import torch
+
+    if meta.get("num_classes") is None or meta.get("image_size") is None:
+        return _missing(entry, "the record holds no num_classes/image_size (nor does the study's `data` "
+                               "attribute), so the network cannot be rebuilt", models_dir, log)
+    weights = _deploy_weights_path(record)
+    if weights is None or not weights.is_file():
+        where = f" at {weights}" if weights is not None else " (the record names no checkpoint)"
+        return _missing(entry, f"deploy weights not found{where}", models_dir, log)
+    try:
+        model = _build_deploy(entry["family"], entry["knobs"], meta["num_classes"], meta["image_size"],
+                              meta["in_channels"])
+        _load_weights(model, weights)
+    except Exception as e:  # a stale or foreign file must not stop the other members' export
+        return _missing(entry, f"cannot load {weights}: {reason(e)}", models_dir, log)
+    stem = f"trial_{entry['trial']}"
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    write_atomic(models_dir / f"{stem}.pt", buf.getvalue())
+    write_atomic(models_dir / f"{stem}.json", json_text(_model_description(entry, meta, study_name, stem)))
+    entry.update({"weights": f"models/{stem}.pt", "model": f"models/{stem}.json"})
+    _export_onnx(entry, model, meta, models_dir, stem)
+    if entry["onnx"] is None:
+        log(f"trial {entry['trial']}: ONNX export skipped: {entry['onnx_error']}")
+
+
+def load_model(json_path: str | Path):
+    """The deploy-form network described by ``models/trial_<n>.json``, weights loaded, in eval mode.
+
+    Args:
+        json_path: a model description written by ``python -m search export --models``; its
+            ``weights`` file name is resolved next to it.
+
+    Returns:
+        The ``nn.Module`` on CPU. It takes ``NCHW`` float images normalised with the description's
+        ``mean``/``std`` (pixels / 255 first) and returns logits.
+
+    Raises:
+        ExportError: the description cannot be read or lacks a field.
+        FileNotFoundError: the weights file is missing.
+    """
+    path = Path(json_path)
+    try:
+        desc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"cannot read the model description {path}: {e}") from None
+    required = ("family", "knobs", "num_classes", "image_size", "weights")
+    missing = [k for k in required if k not in desc]
+    if missing:
+        raise ExportError(f"{path}: missing field(s) {missing}; expected a file written by `export --models`")
+    weights = path.parent / desc["weights"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: weights file {weights} not found")
+    model = _build_deploy(desc["family"], desc["knobs"], desc["num_classes"], desc["image_size"],
+                          desc.get("in_channels", 3))
+    _load_weights(model, weights)
+    return model

@@ -1,0 +1,166 @@
+"""The trial record: what effnas stores about every proposal, typed, with one way in and out of
+Optuna's user attributes.
+
+Database keys (never rename; a study written by any earlier effnas must still open):
+
+- ``status``       a :class:`TrialStatus` value
+- ``family``       the family name
+- ``constraints``  values <= 0 mean feasible (Optuna's convention); read by constrained samplers
+- ``final``        on failed trials: no retry follows
+- ``record``       everything else (:class:`TrialRecord`) in one JSON object
+- ``record_pending`` the proposal part, written when the trial is sent to a worker (other drivers
+  on a shared database read its ``arch_key`` to skip an architecture being trained)
+- ``retry_of``, ``attempt``, ``retry_reason``  on re-queued trials (set by ``enqueue_trial``)
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["TrialStatus", "TrialRecord", "arch_key", "trial_status", "read_record", "write_record",
+           "write_pending", "pending_arch_key", "uses_budget"]
+
+
+class TrialStatus(str, enum.Enum):
+    """What became of a proposal. A ``str`` so that it compares with, and serialises as, its value."""
+
+    TRAINED = "trained"        # trained to the study's fidelity; on the front if not dominated
+    STOPPED = "stopped"        # stopped at a rung
+    INFEASIBLE = "infeasible"  # over the MACs/params/latency budget; never trained
+    DUPLICATE = "duplicate"    # an architecture already trained at this fidelity
+    FAILED = "failed"          # the worker raised, diverged or died
+    SURPLUS = "surplus"        # asked after other drivers had taken the budget; released
+    RUNNING = "running"        # asked and not finished (priced, queued or training)
+    WAITING = "waiting"        # queued by enqueue_trial (a retry), not asked yet
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_BY_VALUE = {s.value: s for s in TrialStatus}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything known about one proposal; every field but ``family`` may be absent (None).
+
+    The proposal part is known before training (knobs, costs, constraints, data shape); the
+    outcome part comes back from the worker. Keys this version does not know are kept in
+    ``extra`` and written back unchanged."""
+
+    family: str = ""
+    # -- the proposal --
+    knobs: Optional[dict] = None
+    arch_key: Optional[str] = None          # dedup key: family + knobs + fidelity
+    fidelity: Optional[dict] = None
+    constraints: Optional[list] = None
+    params: Optional[int] = None            # deploy form (what the papers report)
+    macs: Optional[int] = None
+    train_params: Optional[int] = None      # training (masked) form
+    train_macs: Optional[int] = None
+    num_classes: Optional[int] = None
+    image_size: Optional[int] = None
+    in_channels: Optional[int] = None
+    mean: Optional[list] = None
+    std: Optional[list] = None
+    attempt: Optional[int] = None
+    duplicate_of: Optional[int] = None
+    queued_seconds: Optional[float] = None  # waited, priced, for a free worker
+    # -- the outcome --
+    val_acc: Optional[float] = None
+    val_loss: Optional[float] = None
+    test_acc: Optional[float] = None
+    epochs: Optional[int] = None
+    fidelity_reached: Optional[int] = None
+    train_seconds: Optional[float] = None
+    worker_seconds: Optional[float] = None
+    latency_ms: Optional[float] = None
+    deploy_max_abs_diff: Optional[float] = None
+    checkpoint: Optional[str] = None
+    deploy_path: Optional[str] = None
+    curve: Optional[list] = None            # validation accuracy per epoch
+    node: Optional[str] = None
+    pid: Optional[int] = None
+    failure_kind: Optional[str] = None
+    failure_reason: Optional[str] = None
+    final: Optional[bool] = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrialRecord":
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS and k != "status"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: set fields under their database keys, then the unknown ones."""
+        out = {f: getattr(self, f) for f in _FIELDS if getattr(self, f) is not None}
+        out.update(self.extra)
+        return json.loads(json.dumps(out))  # plain JSON types only (tuples become lists)
+
+    def with_outcome(self, **changes) -> "TrialRecord":
+        """A copy with outcome fields set; keys outside the record's fields land in ``extra``."""
+        known = {k: v for k, v in changes.items() if k in _FIELDS}
+        rest = {k: v for k, v in changes.items() if k not in _FIELDS}
+        return dataclasses.replace(self, **known, extra={**self.extra, **rest})
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.name != "extra")
+
+
+def arch_key(family: str, knobs: dict, fidelity: dict) -> str:
+    """Identity of an architecture at a fidelity: trained once, whoever proposes it again."""
+    blob = json.dumps({"family": family, "knobs": knobs, "fidelity": fidelity}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def trial_status(trial: FrozenTrial) -> TrialStatus:
+    """The record's status, with Optuna's own state for trials the record does not cover."""
+    if trial.state == TrialState.RUNNING:
+        return TrialStatus.RUNNING
+    if trial.state == TrialState.WAITING:
+        return TrialStatus.WAITING
+    if trial.state == TrialState.FAIL:
+        return TrialStatus.FAILED
+    stored = trial.user_attrs.get("status", trial.state.name.lower())
+    return _BY_VALUE.get(stored, stored)
+
+
+def uses_budget(trial: FrozenTrial) -> bool:
+    """Occupied a worker to an outcome: trained, stopped, or failed with no retry left."""
+    status = trial_status(trial)
+    return status in (TrialStatus.TRAINED, TrialStatus.STOPPED) or (
+        status == TrialStatus.FAILED and bool(trial.user_attrs.get("final", False)))
+
+
+def read_record(trial: FrozenTrial) -> TrialRecord:
+    """The trial's record (an empty one with the family for trials that have none yet)."""
+    data = trial.user_attrs.get("record") or {}
+    family = data.get("family") or trial.user_attrs.get("family", "")
+    return TrialRecord.from_dict({**data, "family": family})
+
+
+def write_record(trial, status: TrialStatus, record: TrialRecord) -> None:
+    """Store ``record`` on a live trial. Top-level attributes are what other tools filter on
+    (optuna-dashboard, SQL); everything else goes in one write."""
+    trial.set_user_attr("status", TrialStatus(status).value)
+    trial.set_user_attr("family", record.family)
+    if record.constraints is not None:
+        trial.set_user_attr("constraints", list(record.constraints))
+    if record.final is not None:
+        trial.set_user_attr("final", record.final)
+    trial.set_user_attr("record", record.to_dict())
+
+
+def write_pending(trial, record: TrialRecord) -> None:
+    """The proposal part, on a trial sent to a worker (one write; the full record comes later)."""
+    trial.set_user_attr("record_pending", record.to_dict())
+
+
+def pending_arch_key(trial: FrozenTrial) -> str | None:
+    return (trial.user_attrs.get("record_pending") or {}).get("arch_key")

@@ -1,0 +1,169 @@
+"""The study database: opening and creating studies, the sampler, SQLite's lock and WAL, and what
+several drivers on one server database need (heartbeats, re-queueing, the budget lock).
+
+Everything a sweep knows lives in the study database (see ``search.record`` for the trial
+record); resuming, deduplication, rungs, ``status`` and ``export`` are all rebuilt from it. Every
+use of Optuna's private API is in ``_optuna_compat``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+import warnings
+from typing import Any
+
+import optuna
+
+from search.config import StudyConfig
+from search.exceptions import StorageError, StudyFileError
+from search.storage._optuna_compat import NATIVE_CONSTRAINTS, params_in_one_write, set_constraints
+from search.storage._optuna_compat import stale_trial_callback_kwargs as _stale_kwargs
+from search.storage._shared import Heartbeat, budget_lock, requeue_stale_trial
+from search.storage._sqlite import DriverLock, prepare_sqlite, study_names_in_file, tune_sqlite
+from search.storage._urls import display_url, sqlite_path
+
+__all__ = ["open_storage", "open_study", "load_existing_study", "make_sampler", "check_existing_database",
+           "sqlite_path", "display_url", "DriverLock", "Heartbeat", "budget_lock", "params_in_one_write",
+           "set_constraints", "HEARTBEAT_S"]
+
+HEARTBEAT_S = 5  # seconds between heartbeats on a shared database; a trial is stale after 6 missed
+
+
+def _constraints_of(trial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", [0.0]))
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The study's sampler; constrained samplers learn from the stored constraint values.
+
+    Drivers sharing a server database would propose the very same sequence with one seed, so each
+    one offsets it by its process id there; a single SQLite driver keeps the seed as written.
+
+    Raises:
+        StudyFileError: ``sampler.options`` holds an option the sampler does not take.
+    """
+    s = cfg.sampler
+    if s.seed is not None and sqlite_path(cfg.storage_url) is None:
+        s = dataclasses.replace(s, seed=s.seed + os.getpid())
+    opts = dict(s.options)
+    # Optuna >= 5 reads constraints stored with Trial.set_constraint; older ones need a function.
+    constrained = {} if NATIVE_CONSTRAINTS else {"constraints_func": _constraints_of}
+    builders = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=s.seed, **constrained, **opts),
+        "nsga3": lambda: optuna.samplers.NSGAIIISampler(seed=s.seed, **constrained, **opts),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=s.seed, **constrained, **opts),
+        "gp": lambda: optuna.samplers.GPSampler(seed=s.seed, **constrained, **opts),
+        "random": lambda: optuna.samplers.RandomSampler(seed=s.seed, **opts),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=s.seed, **opts),
+        "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=s.seed, **opts),
+    }
+    try:
+        return builders[s.name]()
+    except TypeError as e:
+        raise StudyFileError(cfg.path, "sampler.options", str(e)) from e
+
+
+# Two drivers starting together on an empty server database both create Optuna's tables; the
+# loser sees a unique-key or "already exists" error. The tables are there then: open again.
+_SCHEMA_RACE_MARKERS = ("already exists", "duplicate key", "UniqueViolation", "Duplicate entry")
+_SCHEMA_RACE_TRIES = 6
+
+
+def _create_rdb_storage(url: str, engine_kwargs: dict[str, Any], shared: dict[str, Any]):
+    for attempt in range(_SCHEMA_RACE_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **shared)
+        except Exception as e:
+            lost_race = any(marker in str(e) for marker in _SCHEMA_RACE_MARKERS)
+            if not lost_race or attempt == _SCHEMA_RACE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")
+
+
+def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
+    """RDB storage with a generous busy timeout; errors become one clear StorageError."""
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise StorageError(f"no study database at {path}; run `python -m search run` on the study first")
+        prepare_sqlite(path)
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if path is not None else {"pool_pre_ping": True}
+    # Several drivers may share a server database: heartbeats tell a dead driver's trials apart.
+    shared = {} if path is not None else {"heartbeat_interval": HEARTBEAT_S, "grace_period": 6 * HEARTBEAT_S,
+                                          **_stale_kwargs(requeue_stale_trial)}
+    try:
+        storage = _create_rdb_storage(url, engine_kwargs, shared)
+    except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
+        cause = str(e).splitlines()[0][:300]
+        if "DB access module" in cause:
+            cause = "its database driver is not installed (PostgreSQL: pip install 'effnas[postgres]')"
+        raise StorageError(f"cannot open the study database {display_url(url)!r}: "
+                           f"{cause.replace(url, display_url(url))}") from e
+    if path is not None:
+        tune_sqlite(storage)
+    return storage
+
+
+def _other_study_error(cfg: StudyConfig, names: list[str]) -> StorageError:
+    return StorageError(
+        f"{cfg.path}: storage {cfg.storage_url!r} holds the study/studies {names}, not {cfg.study!r}; "
+        f"point `storage:` at this study's own file (or remove it to use runs/{cfg.study}/study.db)")
+
+
+def check_existing_database(cfg: StudyConfig) -> None:
+    """An existing SQLite file must hold this study (or none): refuse another study's database
+    before anything, even a lock file, is written next to it."""
+    path = sqlite_path(cfg.storage_url)
+    if path is None or not path.exists():
+        return
+    names = study_names_in_file(path, cfg.path)
+    if names and cfg.study not in names:
+        raise _other_study_error(cfg, names)
+
+
+def open_study(cfg: StudyConfig, create: bool = True,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create or load the study named in ``cfg`` and check its objectives match the file's.
+
+    Args:
+        cfg: the study file.
+        create: create the database if it does not exist.
+        sampler: the study's sampler when the caller has built it already (else built here).
+    """
+    try:
+        storage = open_storage(cfg.storage_url, create=create)
+    except StorageError as e:
+        raise StorageError(f"{cfg.path}: storage: {e}") from e
+    names = [s.study_name for s in storage.get_all_studies()]
+    if names and cfg.study not in names and sqlite_path(cfg.storage_url) is not None:
+        raise _other_study_error(cfg, names)
+    try:
+        study = optuna.create_study(study_name=cfg.study, storage=storage, directions=cfg.directions,
+                                    sampler=sampler or make_sampler(cfg), load_if_exists=True)
+    except Exception as e:
+        raise StorageError(f"cannot open study {cfg.study!r} in {display_url(cfg.storage_url)!r}: {e}") from e
+    stored = study.user_attrs.get("objectives")
+    if stored is None:
+        study.set_user_attr("objectives", list(cfg.objectives))
+    elif list(stored) != list(cfg.objectives):
+        raise StorageError(f"{cfg.path}: objectives {list(cfg.objectives)} differ from those the study "
+                           f"{cfg.study!r} was created with ({stored}); start a new study name instead")
+    return study
+
+
+def load_existing_study(url: str, name: str | None) -> optuna.Study:
+    """Open a study for reading (status/export); ``name`` may be omitted when the file holds one."""
+    storage = open_storage(url, create=False)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name is None:
+        if len(names) != 1:
+            raise StorageError(f"{url!r} holds {len(names)} studies {names}; name one")
+        name = names[0]
+    if name not in names:
+        raise StorageError(f"{url!r} holds no study {name!r}; studies there: {names}")
+    return optuna.load_study(study_name=name, storage=storage)

@@ -1,0 +1,190 @@
+"""Every use of Optuna's private API in effnas, in one place, each next to its public fallback.
+
+Optuna's public API has no way to: reach a study's storage or a trial's id (heartbeats, marking a
+trial a dead driver left), write a trial's parameters in one transaction, or find the database
+engine behind a study (PostgreSQL advisory locks). Each function here probes for the private piece
+it needs and, where it is missing (a future Optuna that renamed it), takes the public path with the
+same result, only slower, or switches the feature off where no public path exists (said per
+function). ``tests/test_optuna_compat.py`` runs every function both ways and compares.
+
+Set ``FORCE_PUBLIC = True`` to take every public fallback (tests do).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any, Callable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["storage_of", "trial_id", "rdb_engine", "params_in_one_write", "set_constraints",
+           "stale_trial_callback_kwargs", "heartbeat_interval", "record_heartbeat", "fail_trial",
+           "NATIVE_CONSTRAINTS"]
+
+FORCE_PUBLIC = False
+
+# Optuna >= 5 stores constraints with Trial.set_constraint (public); older ones read them through a
+# sampler's ``constraints_func`` from our own ``constraints`` user attribute.
+NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def storage_of(study: optuna.Study):
+    """The study's storage object (private ``Study._storage``; there is no public accessor)."""
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage id of a trial (private ``_trial_id``). Public fallback: look it up by number
+    through the storage's ``get_trial_id_from_study_id_trial_number``."""
+    if not FORCE_PUBLIC and hasattr(trial, "_trial_id"):
+        return trial._trial_id
+    study = trial.study if isinstance(trial, optuna.Trial) else None
+    if study is None:
+        raise TypeError("the public fallback needs a live optuna.Trial (with its study)")
+    return storage_of(study).get_trial_id_from_study_id_trial_number(study._study_id, trial.number)
+
+
+def rdb_engine(study: optuna.Study):
+    """The SQLAlchemy engine behind the study, or None (in-memory storage, or no way to find it).
+
+    Private: ``_CachedStorage._backend``. Fallback: the storage itself when it is an
+    ``RDBStorage`` (``engine`` is a public attribute there); otherwise None, and callers do
+    without (the PostgreSQL budget lock then falls back to the surplus check)."""
+    storage = storage_of(study)
+    backend = storage if FORCE_PUBLIC else getattr(storage, "_backend", storage)
+    return getattr(backend, "engine", None)
+
+
+# --- parameters in one transaction ----------------------------------------------------------------
+
+class _ParamBuffer:
+    """Stands in for a trial's storage while its knobs are drawn: parameter writes are kept, all
+    else goes through. A family's knobs are 10-20 parameters; one transaction instead of one each
+    is most of the driver's database time per trial."""
+
+    def __init__(self, storage):
+        self._storage, self.params = storage, []
+
+    def set_trial_param(self, trial_id: int, name: str, internal: float, distribution) -> None:
+        self.params.append((trial_id, name, internal, distribution))
+
+    def __getattr__(self, name: str):
+        return getattr(self._storage, name)
+
+
+def _can_batch(storage, params: list[tuple]) -> bool:
+    backend = getattr(storage, "_backend", None)
+    return (not FORCE_PUBLIC and bool(params) and isinstance(backend, optuna.storages.RDBStorage)
+            and hasattr(backend, "_set_trial_param_without_commit") and hasattr(storage, "_studies")
+            and hasattr(storage, "_trial_id_to_study_id_and_number") and len({p[0] for p in params}) == 1)
+
+
+def _write_params(storage, params: list[tuple]) -> None:
+    """Store one trial's drawn parameters in one transaction where the storage is Optuna's cached
+    RDB storage; one by one (Optuna's public path) anywhere else.
+
+    The batched path keeps Optuna's checks: the trial must still be updatable, and a parameter's
+    distribution must be compatible with the one the study already knows under that name (a name
+    the driver has not cached yet goes through Optuna's own per-parameter routine, which looks it
+    up). The rest become one multi-row insert: a SELECT plus an INSERT per parameter otherwise.
+    Private: ``_CachedStorage`` internals, ``RDBStorage._set_trial_param_without_commit``,
+    ``storages._rdb.models`` and ``_create_scoped_session``."""
+    if not _can_batch(storage, params):
+        for p in params:
+            storage.set_trial_param(*p)
+        return
+    import sqlalchemy
+    from optuna.distributions import check_distribution_compatibility, distribution_to_json
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    backend = storage._backend
+    trial_id_ = params[0][0]
+    with storage._lock:
+        known = storage._studies[storage._trial_id_to_study_id_and_number[trial_id_][0]].param_distribution
+        rows = []
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id_, session)
+            backend.check_trial_is_updatable(trial_id_, trial.state)
+            for _, name, internal, distribution in params:
+                if name not in known:
+                    backend._set_trial_param_without_commit(session, trial_id_, name, internal, distribution)
+                    continue
+                check_distribution_compatibility(known[name], distribution)
+                rows.append({"trial_id": trial_id_, "param_name": name, "param_value": internal,
+                             "distribution_json": distribution_to_json(distribution)})
+            if rows:
+                session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
+        for _, name, _, distribution in params:
+            known.setdefault(name, distribution)
+
+
+@contextlib.contextmanager
+def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
+    """Within the block, the parameters ``trial`` suggests reach the database together at its end.
+
+    The trial sees its own draws at once (Optuna keeps them on the trial object); a driver killed
+    inside the block leaves a trial without parameters, which resuming fails without re-queueing.
+    Private: swapping ``Trial.storage`` for the block. Fallback: Optuna's per-parameter writes."""
+    if FORCE_PUBLIC or not hasattr(trial, "storage"):
+        yield
+        return
+    storage, buffer = trial.storage, _ParamBuffer(trial.storage)
+    trial.storage = buffer
+    try:
+        yield
+    finally:
+        trial.storage = storage
+        _write_params(storage, buffer.params)
+
+
+# --- constraints, heartbeats, stale trials --------------------------------------------------------
+
+def set_constraints(trial: optuna.Trial, values: dict[str, float]) -> None:
+    """Store constraint values (<= 0 feasible) where the study's sampler will read them (public
+    ``Trial.set_constraint`` on Optuna >= 5; older samplers read the ``constraints`` user attribute
+    that the record always carries)."""
+    if NATIVE_CONSTRAINTS:
+        for key, value in values.items():
+            trial.set_constraint(key, value)
+
+
+# Optuna 4.9 renamed the stale-trial callback argument of RDBStorage.
+_STALE_CALLBACK_ARG = ("heartbeat_stale_trial_callback"
+                       if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                       else "failed_trial_callback")
+
+
+def stale_trial_callback_kwargs(callback: Callable[[optuna.Study, FrozenTrial], None]) -> dict[str, Any]:
+    """RDBStorage keyword for the callback run on each trial failed for a stopped heartbeat."""
+    return {_STALE_CALLBACK_ARG: callback}
+
+
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between heartbeats, or None when the storage keeps none."""
+    getter = getattr(storage_of(study), "get_heartbeat_interval", None)
+    return getter() if getter is not None else None
+
+
+def record_heartbeat(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
+    storage = storage_of(study)
+    if hasattr(storage, "record_heartbeat"):
+        storage.record_heartbeat(trial_id(trial))
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
+    """Write ``attrs`` as user attributes of a RUNNING trial this driver holds no ``Trial`` for,
+    then mark it failed. Private: the storage's setters by trial id. Fallback: a public
+    ``optuna.Trial`` for it and ``Study.tell`` by trial number."""
+    if FORCE_PUBLIC:
+        live = optuna.Trial(study, storage_of(study).get_trial_id_from_study_id_trial_number(
+            study._study_id, trial.number))
+        for key, value in attrs.items():
+            live.set_user_attr(key, value)
+        study.tell(trial.number, state=TrialState.FAIL)
+        return
+    storage = storage_of(study)
+    for key, value in attrs.items():
+        storage.set_trial_user_attr(trial._trial_id, key, value)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -1,0 +1,404 @@
+"""`python -m search run`: the sweep driver loop.
+
+One loop keeps up to ``max_concurrent`` trials training on the execution backend. For every free
+slot it asks the Optuna study for a family and knobs (valid by construction), has the backend price
+the architecture with the cost model, lets the policy decide (over-budget and already-trained
+architectures are recorded at once, without a worker), and submits the rest. Results come back to
+the driver, which alone writes the database. The policy (``_policy``) holds every rule; this module
+only moves data between the study, the policy and the backend.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from search import faults
+from search.asha import Asha
+from search.config import StudyConfig
+from search.exceptions import DataError, SearchSpaceExhausted
+from search.feasibility import check_budget_reachable, is_feasible, latency_constraint
+from search.proposal import Proposal, family_spaces, propose
+from search.record import (TrialRecord, TrialStatus, read_record, trial_status, write_pending, write_record)
+from search.storage import (DriverLock, Heartbeat, budget_lock, check_existing_database, display_url,
+                            make_sampler, open_study, params_in_one_write, set_constraints, sqlite_path)
+from search.storage import _optuna_compat as compat
+from search.sweep._policy import SweepPolicy, Verdict, budget_used
+from search.sweep._progress import Progress, SweepSummary
+from search.sweep.backends import Backend, Finished, Priced, TrialSpec
+
+__all__ = ["Sweep"]
+
+_LOOKAHEAD = 1  # architectures asked and priced ahead of the free workers
+
+
+class _Pricing:
+    """The cost model for the study's data shape, by family and JSON knobs (picklable: it runs on
+    the backend's pricer)."""
+
+    def __init__(self, cfg: StudyConfig, data_meta: dict):
+        self.cfg, self.data_meta = cfg, data_meta
+
+    def __call__(self, family: str, knobs: dict) -> tuple[dict, dict]:
+        from search.feasibility import price
+        from space.registry import get_family
+
+        return price(self.cfg, family, get_family(family).knobs_from_dict(knobs), self.data_meta)
+
+
+def _costs(rec: TrialRecord) -> dict:
+    return {"macs": rec.macs, "params": rec.params}
+
+
+class Sweep:
+    """Runs (or resumes) the study described by ``cfg``.
+
+    Args:
+        cfg: the validated study file.
+        n_more: train this many more architectures instead of filling up to ``budget.n_trials``.
+        trial_fn: replaces the training function on the workers (benchmarks use a trivial one).
+        data: an already loaded ``DataSplits`` (tests reuse one); loaded from ``cfg.data`` if None.
+        log: where progress lines go.
+        backend: the execution backend (default: Ray actors with the study file's resources).
+    """
+
+    def __init__(self, cfg: StudyConfig, n_more: int | None = None, trial_fn: Callable | None = None,
+                 data=None, log: Callable[[str], None] = print, backend: Backend | None = None):
+        self.cfg, self.n_more, self.trial_fn, self.data = cfg, n_more, trial_fn, data
+        self.summary = SweepSummary()
+        self.progress = Progress(self.summary, log)
+        self.log = log
+        self.backend = backend
+        self.policy: SweepPolicy | None = None
+        self.data_meta: dict = {}
+        self.spaces: dict[str, dict] = {}
+        self.fidelity: dict = {}
+        self.sampler = None
+        self.shared_db = sqlite_path(cfg.storage_url) is None
+        self.costs: dict[str, tuple[dict, dict]] = {}     # arch_key -> (cost, constraints)
+        self.pending: dict[int, Proposal] = {}           # being priced, by trial number
+        self.ready: list[tuple[Proposal, TrialRecord]] = []  # priced, to train, waiting for a slot
+        self.inflight: dict[int, tuple[Proposal, TrialRecord]] = {}
+        self.overhead_s = 0.0
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        if self.data is None:
+            from trainers.data import DataConfig, load_data
+
+            d = self.cfg.data
+            try:
+                self.data = load_data(DataConfig(dataset=d.dataset, root=d.root, train_size=d.train_size,
+                                                 val_size=d.val_size, test_size=d.test_size,
+                                                 image_size=d.image_size, seed=self.cfg.train.seed,
+                                                 download=d.download))
+            except (OSError, ValueError) as e:  # missing files, sizes the dataset cannot give, ...
+                raise DataError(f"{self.cfg.path}: data: {e}") from e
+        self.data_meta = {"num_classes": self.data.num_classes, "image_size": self.data.image_size,
+                          "in_channels": self.data.in_channels,
+                          "mean": list(self.data.mean), "std": list(self.data.std)}
+
+    def _prepare(self) -> None:
+        """Everything that can fail on bad input, done before the run directory or database exist."""
+        self.sampler = make_sampler(self.cfg)  # bad sampler options; built once, used by the study
+        self._load_data()
+        self.spaces = family_spaces(self.cfg)
+        self.fidelity = self.cfg.fidelity_key()
+        check_budget_reachable(self.cfg, self.spaces, self.data_meta)
+        check_existing_database(self.cfg)
+
+    def _default_backend(self) -> Backend:
+        from search.sweep.backends.actors import ActorsBackend
+
+        r, res = self.cfg.ray, self.cfg.resources
+        return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
+                             price_fn=_Pricing(self.cfg, self.data_meta), trial_fn=self.trial_fn,
+                             where=self.cfg.path, ray_address=r.address, num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+
+    def _recover(self, study: optuna.Study) -> int:
+        """Mark trials a dead driver left RUNNING as failed and re-enqueue their parameters.
+
+        On SQLite this driver holds the study's lock, so every RUNNING trial is orphaned. On a
+        shared database only trials whose heartbeat stopped are (Optuna's stale-trial check; the
+        re-enqueue happens in its callback, see ``search.storage``)."""
+        if self.shared_db:
+            before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            optuna.storages.fail_stale_trials(study)
+            return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+        stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for t in stale:
+            compat.fail_trial(study, t, {"status": TrialStatus.FAILED.value,
+                                         "failure_reason": "interrupted: the driver stopped while this trial ran"})
+            if t.params:  # a trial killed before it drew anything has nothing to retry
+                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
+                                                          "attempt": t.user_attrs.get("attempt", 0)},
+                                    skip_if_exists=False)
+        return len(stale)
+
+    def _rung_rule(self, study: optuna.Study) -> Asha | None:
+        a = self.cfg.fidelity.asha
+        if a is None:
+            return None
+        rule = Asha(a.grace_period, a.reduction_factor, self.cfg.fidelity.epochs)
+        for t in study.get_trials(deepcopy=False):
+            if trial_status(t) in (TrialStatus.TRAINED, TrialStatus.STOPPED):
+                rule.record_curve(read_record(t).curve or [])
+        return rule
+
+    def _start_policy(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        used = budget_used(trials)
+        target = used + self.n_more if self.n_more is not None else self.cfg.budget.n_trials
+        self.policy = SweepPolicy(target=target, used=used, max_stalls=self.cfg.budget.max_stalls,
+                                  max_retries=self.cfg.retry.max_retries,
+                                  retry_nonfinite=self.cfg.retry.retry_nonfinite, shared=self.shared_db)
+        self.policy.learn(trials)
+        for t in trials:
+            if trial_status(t) == TrialStatus.TRAINED:
+                self.progress.note_trained(read_record(t).val_acc, t.number)
+
+    def run(self) -> SweepSummary:
+        self._prepare()
+        with DriverLock(self.cfg.storage_url, self.cfg.path, self.cfg.study):
+            study = open_study(self.cfg, sampler=self.sampler)
+            recovered = self._recover(study)
+            self._start_policy(study)
+            used, target = self.policy.used, self.policy.target
+            self.log(f"study {self.cfg.study!r} in {display_url(self.cfg.storage_url)}: {used} of {target} "
+                     f"trials done" + (f", {recovered} interrupted trial(s) re-queued" if recovered else ""))
+            if used >= target:
+                return self.summary
+            self.backend = self.backend or self._default_backend()
+            slots = self.backend.start(self.data, self._rung_rule(study))
+            self.log(f"{slots} concurrent trial(s), {self.cfg.resources.cpus_per_trial} CPU "
+                     f"and {self.cfg.resources.gpus_per_trial} GPU each")
+            loop_start = time.perf_counter()
+            try:
+                with Heartbeat(study, self._held_trials):
+                    self._loop(study)
+            finally:
+                self.backend.close()
+            self.summary.loop_seconds = time.perf_counter() - loop_start
+        s = self.summary
+        s.nodes = set(self.backend.nodes)
+        s.wall_seconds = time.perf_counter() - self.progress.started
+        s.overhead_ms_per_trial = 1000 * self.overhead_s / max(1, s.proposals)
+        return s
+
+    def _held_trials(self) -> list:
+        """The trials whose heartbeat this driver keeps: training or priced and waiting for a slot."""
+        return [p.trial for p, _ in list(self.inflight.values())] + [p.trial for p, _ in list(self.ready)]
+
+    # -- one proposal ---------------------------------------------------------------------------
+    def _under_way(self) -> int:
+        return len(self.inflight) + len(self.ready) + len(self.pending)
+
+    def _budget_left(self, study: optuna.Study) -> int:
+        if not self.shared_db:
+            return self.policy.budget_left(self._under_way())
+        return self.policy.budget_left_shared(study.get_trials(deepcopy=False))
+
+    def _ask(self, study: optuna.Study) -> optuna.Trial | None:
+        """A new trial, or None when other drivers took the last slots (shared database)."""
+        if not self.shared_db:
+            return study.ask()
+        with budget_lock(study):
+            if self._budget_left(study) <= 0:  # others took the last slots meanwhile
+                return None
+            trial = study.ask()
+        compat.record_heartbeat(study, trial)  # a trial never beating is never stale
+        return trial
+
+    def _propose_one(self, study: optuna.Study) -> None:
+        """Ask the study for one architecture and get it priced (the backend prices off this
+        thread where it can, overlapping the driver's database work for the next proposal)."""
+        t0 = time.perf_counter()
+        trial = self._ask(study)
+        if trial is None:
+            return
+        faults.checkpoint("asked")
+        if self.shared_db and self.policy.is_surplus(trial.number, study.get_trials(deepcopy=False)):
+            trial.set_user_attr("status", TrialStatus.SURPLUS.value)
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        with params_in_one_write(trial):
+            proposal = propose(trial, self.spaces, self.fidelity)
+        faults.checkpoint("proposed")
+        if proposal.key in self.costs:
+            self._decide(study, proposal)
+        else:
+            self.pending[trial.number] = proposal
+            self.backend.price(trial.number, proposal.family, proposal.knobs_dict)
+        self.overhead_s += time.perf_counter() - t0
+
+    def _objective_values(self, acc: float, cost: dict, latency: float | None) -> list[float]:
+        table = {"accuracy": acc, "macs": cost["macs"], "params": cost["params"],
+                 "latency": latency if latency is not None else float("inf")}
+        return [float(table[o]) for o in self.cfg.objectives]
+
+    def _proposal_record(self, p: Proposal, cost: dict, constraints: dict) -> TrialRecord:
+        return TrialRecord(family=p.family, knobs=p.knobs_dict, arch_key=p.key, fidelity=self.fidelity,
+                           constraints=list(constraints.values()) or [0.0], **self.data_meta,
+                           **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")})
+
+    def _tell_without_training(self, study, trial, status: TrialStatus, values, rec: TrialRecord) -> None:
+        write_record(trial, status, rec)
+        if values is None:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, values)
+
+    def _decide(self, study: optuna.Study, p: Proposal) -> None:
+        """Record an over-budget or already-trained architecture at once, else send it to a worker."""
+        t0 = time.perf_counter()
+        cost, constraints = self.costs[p.key]
+        rec = self._proposal_record(p, cost, constraints)
+        if self.shared_db and is_feasible(constraints):  # what other drivers trained or train counts too
+            self.policy.learn(study.get_trials(deepcopy=False))
+        decision = self.policy.decide(p.number, p.key, constraints)
+        if decision.verdict == Verdict.INFEASIBLE:
+            if self.cfg.constraints.max_latency_ms is not None:
+                constraints = {**constraints, "max_latency_ms": 0.0}  # never measured: no verdict
+            set_constraints(p.trial, constraints)
+            self._tell_without_training(study, p.trial, TrialStatus.INFEASIBLE,
+                                        self._objective_values(0.0, cost, None), rec)
+            self.summary.infeasible += 1
+            self.progress.line(f"trial {p.number} {p.family} infeasible (macs {cost['macs']:,}, params {cost['params']:,})")
+        elif decision.verdict == Verdict.DUPLICATE:
+            rec = rec.with_outcome(duplicate_of=decision.duplicate_of)
+            self._tell_without_training(study, p.trial, TrialStatus.DUPLICATE, decision.duplicate_values, rec)
+            self.summary.duplicate += 1
+        else:
+            rec = rec.with_outcome(attempt=p.trial.user_attrs.get("attempt", 0))
+            if constraints and self.cfg.constraints.max_latency_ms is None:
+                set_constraints(p.trial, constraints)  # else set with the measured latency on return
+            write_pending(p.trial, rec)  # one write now; the full record lands with the result
+            if self.backend.free_slots():
+                self._submit(p, rec)
+            else:
+                p.queued_at = time.perf_counter()
+                self.ready.append((p, rec))
+        self.overhead_s += time.perf_counter() - t0
+
+    def _spec(self, p: Proposal) -> TrialSpec:
+        t, res = self.cfg.train, self.cfg.resources
+        train = {"epochs": self.cfg.fidelity.epochs, "batch_size": t.batch_size, "lr": t.lr,
+                 "momentum": t.momentum, "weight_decay": t.weight_decay, "nesterov": t.nesterov,
+                 "augment": t.augment, "amp": t.amp, "condensed_training": t.condensed_training,
+                 "eval_test": t.eval_test, "seed": t.seed,
+                 "device": "cuda" if res.gpus_per_trial > 0 else "cpu",
+                 "threads": max(1, int(res.cpus_per_trial))}
+        return TrialSpec(number=p.number, family=p.family, knobs=p.knobs_dict, train=train,
+                         checkpoint_dir=str((self.cfg.run_path / "checkpoints" / p.key).resolve()),
+                         max_latency_ms=self.cfg.constraints.max_latency_ms,
+                         measure_latency="latency" in self.cfg.objectives, use_gpu=res.gpus_per_trial > 0)
+
+    def _submit(self, p: Proposal, rec: TrialRecord) -> None:
+        # Time spent waiting for a worker is queueing, not driver work: `status` leaves it out.
+        queued = time.perf_counter() - p.queued_at if p.queued_at is not None else 0.0
+        rec = rec.with_outcome(queued_seconds=queued)
+        self.backend.submit(p.number, self._spec(p))
+        self.inflight[p.number] = (p, rec)
+        self.progress.running = len(self.inflight)
+        faults.checkpoint("submitted")
+
+    # -- one result -----------------------------------------------------------------------------
+    def _finish(self, study: optuna.Study, number: int, out: dict) -> None:
+        t0 = time.perf_counter()
+        p, rec = self.inflight.pop(number)
+        self.progress.running = len(self.inflight)
+        status = TrialStatus(out.get("status", "failed"))
+        rec = rec.with_outcome(**{k: v for k, v in out.items() if k not in ("status", "traceback")})
+        limit = self.cfg.constraints.max_latency_ms
+        if limit is not None and out.get("latency_ms") is not None:
+            cost_constraints = self.costs[p.key][1]
+            latency_c = latency_constraint(out["latency_ms"], limit)
+            rec = rec.with_outcome(constraints=[*cost_constraints.values(), latency_c])
+            set_constraints(p.trial, {**cost_constraints, "max_latency_ms": latency_c})
+        if status in (TrialStatus.TRAINED, TrialStatus.STOPPED):
+            self._record_trained(study, p, rec, status, out)
+        elif status == TrialStatus.INFEASIBLE:
+            write_record(p.trial, status, rec)
+            study.tell(p.trial, self._objective_values(0.0, _costs(rec), out.get("latency_ms")))
+            self.policy.finished(p.key, number, status)
+            self.summary.infeasible += 1
+            self.progress.line(f"trial {number} {p.family} infeasible (latency {out.get('latency_ms'):.2f} ms)")
+        else:
+            self._fail(study, p, rec, out)
+        self.overhead_s += time.perf_counter() - t0
+
+    def _record_trained(self, study, p: Proposal, rec: TrialRecord, status: TrialStatus, out: dict) -> None:
+        rec = rec.with_outcome(fidelity_reached=out.get("epochs"))
+        write_record(p.trial, status, rec)
+        faults.checkpoint("recorded")
+        values = None
+        if status == TrialStatus.TRAINED:
+            values = self._objective_values(out["val_acc"], _costs(rec), out.get("latency_ms"))
+            study.tell(p.trial, values)
+            self.summary.trained += 1
+            self.summary.stamp_result()
+            self.progress.note_trained(rec.val_acc, p.number)
+        else:
+            study.tell(p.trial, state=TrialState.PRUNED)
+            self.summary.stopped += 1
+        faults.checkpoint("told")
+        self.policy.finished(p.key, p.number, status, values)
+        self.progress.line(f"trial {p.number} {p.family} {status} acc {out['val_acc']:.4f} "
+                           f"({out.get('epochs')} ep, {out.get('train_seconds', 0):.1f}s) "
+                           f"macs {rec.macs:,} params {rec.params:,}")
+
+    def _fail(self, study, p: Proposal, rec: TrialRecord, out: dict) -> None:
+        attempt = rec.attempt or 0
+        will_retry = self.policy.will_retry(attempt, out.get("failure_kind"))
+        rec = rec.with_outcome(failure_reason=out.get("reason", "unknown failure"), final=not will_retry)
+        write_record(p.trial, TrialStatus.FAILED, rec)
+        study.tell(p.trial, state=TrialState.FAIL)
+        self.summary.failed += 1
+        self.policy.finished(p.key, p.number, TrialStatus.FAILED, will_retry=will_retry)
+        if will_retry:
+            study.enqueue_trial(p.trial.params, user_attrs={"retry_of": p.number, "attempt": attempt + 1},
+                                skip_if_exists=False)
+        self.progress.line(f"trial {p.number} {p.family} failed: {rec.failure_reason}"
+                           + (f" (retry {attempt + 1}/{self.cfg.retry.max_retries} queued)" if will_retry else ""))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _handle(self, study: optuna.Study, event) -> None:
+        if isinstance(event, Priced):
+            proposal = self.pending.pop(event.token)
+            self.costs[proposal.key] = (event.cost, event.constraints)
+            self._decide(study, proposal)
+        elif isinstance(event, Finished):
+            self._finish(study, event.token, event.result)
+
+    def _loop(self, study: optuna.Study) -> None:
+        limit = self.cfg.budget.time_limit_s
+        deadline = (time.perf_counter() + limit) if limit else None
+        exhausted = False
+        while True:
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            while self.ready and self.backend.free_slots():
+                self._submit(*self.ready.pop(0))
+            # Proposing one architecture ahead of the free workers keeps the driver busy while the
+            # pricer works: a worker that comes back finds its next trial priced and waiting.
+            while (self.backend.free_slots() + _LOOKAHEAD > len(self.pending) + len(self.ready)
+                   and not (out_of_time or exhausted) and self._budget_left(study) > 0):
+                exhausted = self.policy.exhausted
+                if not exhausted:
+                    self._propose_one(study)
+            if not self.inflight and not self.pending and not self.ready:
+                break
+            for event in self.backend.next_events(timeout=None):
+                self._handle(study, event)
+        if exhausted:
+            self._give_up()
+        if deadline is not None and time.perf_counter() > deadline:
+            self.log(f"time limit of {limit:.0f}s reached; `run` again to continue")
+
+    def _give_up(self) -> None:
+        s = self.summary
+        raise SearchSpaceExhausted(
+            f"{self.cfg.path}: the last {self.cfg.budget.max_stalls} proposals were all over budget or "
+            f"already trained ({s.infeasible} infeasible, {s.duplicate} duplicates in this run); widen "
+            f"`constraints:` or the families' knob ranges, or lower budget.n_trials")

@@ -1,0 +1,211 @@
+"""The Ray actors backend: one long-lived actor per concurrent trial slot, a pricer, a rung actor.
+
+Actors are reused across trials (no process start per trial), hold the dataset they were given once
+through Ray's object store (workers never download), and never touch the study database: they return
+a plain result dict and the driver alone writes the record. Per-epoch reports go to the rung actor,
+which answers whether the trial goes on (so this backend emits no ``EpochReport`` events yet). Pricing (the cost model, tens of ms for a deep dense
+network) runs on a pricer actor on the driver's node, so it overlaps with the driver's database work;
+if the pricer dies, pricing continues inline.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from search.exceptions import ResourcesError, WorkerStartError
+from search.sweep.backends import Event, Finished, Priced, TrialSpec
+from search.sweep.trial import TrialFn, run_trial
+
+__all__ = ["ActorsBackend"]
+
+
+class _Worker:
+    """Body of the trial actor (wrapped by ``ray.remote`` in :meth:`ActorsBackend.start`)."""
+
+    def __init__(self, data, threads: int, trial_fn: TrialFn | None, rung=None):
+        import torch
+
+        self.data, self.rung, self.trial_fn = data, rung, trial_fn
+        torch.set_num_threads(max(1, int(threads)))
+
+    def ping(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, spec: dict) -> dict:
+        import ray
+
+        def goes_on(metrics: dict) -> bool:
+            if self.rung is None:
+                return True
+            return ray.get(self.rung.should_continue.remote(metrics["epoch"], metrics["val_acc"]))
+
+        out = run_trial(self.trial_fn, spec, self.data, goes_on)
+        out["node"] = ray.get_runtime_context().get_node_id()
+        out["pid"] = os.getpid()
+        return out
+
+
+class _RungActor:
+    """The rung rule as a tiny actor, so workers ask it directly between epochs."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def should_continue(self, epoch: int, accuracy: float) -> bool:
+        return self.rule.should_continue(epoch, accuracy)
+
+
+class _Pricer:
+    """Runs the cost model next to the driver (not on a trial slot: it asks for no CPU)."""
+
+    def __init__(self, price_fn: Callable[[str, dict], tuple[dict, dict]]):
+        import torch
+
+        torch.set_num_threads(1)
+        self.price_fn = price_fn
+
+    def price(self, family: str, knobs: dict):
+        return self.price_fn(family, knobs)
+
+
+def _on_driver_node(actor_cls):
+    """An actor handle placed on the driver's node (costs are tiny messages, specs stay local)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        return actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True))
+    except Exception:  # a client-mode driver has no node of its own
+        return actor_cls
+
+
+class ActorsBackend:
+    """Trials on Ray actors (see the module docstring).
+
+    Args:
+        cpus_per_trial, gpus_per_trial, max_concurrent: the study file's ``resources``.
+        price_fn: ``(family, knobs_dict) -> (cost, constraints)``, picklable (runs on the pricer).
+        trial_fn: replaces the training function on the workers (benchmarks use a trivial one).
+        where: the study file, for messages.
+        ray_address: the study file's ``ray.address``: None starts a private local instance.
+        num_cpus, num_gpus: resources of that local instance (None: what the machine has).
+    """
+
+    def __init__(self, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
+                 price_fn: Callable[[str, dict], tuple[dict, dict]], trial_fn: TrialFn | None = None,
+                 where: str = "study", ray_address: str | None = None, num_cpus: int | None = None,
+                 num_gpus: int | None = None):
+        self.ray_address, self.num_cpus, self.num_gpus = ray_address, num_cpus, num_gpus
+        self.cpus, self.gpus, self.max_concurrent = cpus_per_trial, gpus_per_trial, max_concurrent
+        self.price_fn, self.trial_fn, self.where = price_fn, trial_fn, where
+        self.idle: list = []
+        self.busy: dict[Any, tuple[int, Any]] = {}      # future -> (token, worker)
+        self.pricing: dict[Any, tuple[int, str, dict]] = {}  # future -> (token, family, knobs)
+        self.inline: list[Event] = []                    # events produced without Ray (inline pricing)
+        self.pricer = None
+        self.nodes: set = set()
+        self._new_worker: Callable[[], Any] | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _start_ray(self):
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                                      "configure_logging": False}
+            if self.ray_address:
+                ray.init(address=self.ray_address, **kwargs)
+            else:
+                # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
+                # file says (plain ray.init() would try to join that cluster).
+                ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, **kwargs)
+        return ray
+
+    def _slots(self, ray) -> int:
+        total = ray.cluster_resources()
+        slots = int(total.get("CPU", 1) // self.cpus)
+        if self.gpus:
+            slots = min(slots, int(total.get("GPU", 0) // self.gpus))
+            if slots == 0:
+                raise ResourcesError(
+                    f"{self.where}: resources.gpus_per_trial is {self.gpus} but the Ray "
+                    f"instance has {total.get('GPU', 0)} GPUs; lower it or set it to 0")
+        return max(1, min(slots, self.max_concurrent or slots))
+
+    def start(self, data, rung_rule) -> int:
+        ray = self._start_ray()
+        slots = self._slots(ray)
+        worker_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0)(_Worker)
+        rung = ray.remote(num_cpus=0)(_RungActor).remote(rung_rule) if rung_rule is not None else None
+        data_ref, threads = ray.put(data), max(1, int(self.cpus))
+        self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung)
+        self.pricer = _on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
+        self.idle = [self._new_worker() for _ in range(slots)]
+        try:
+            ray.get([w.ping.remote() for w in self.idle])
+        except Exception as e:  # an actor that cannot start would fail every trial the same way
+            first = str(e).strip().splitlines()[-1][:400]
+            raise WorkerStartError(f"Ray workers could not start ({first}); effnas must be installed "
+                                   f"in the Python environment of every Ray node") from e
+        return slots
+
+    # -- the verbs ------------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return len(self.idle)
+
+    def price(self, token: int, family: str, knobs: dict) -> None:
+        if self.pricer is None:
+            self.inline.append(Priced(token, *self.price_fn(family, knobs)))
+        else:
+            self.pricing[self.pricer.price.remote(family, knobs)] = (token, family, knobs)
+
+    def submit(self, token: int, spec: TrialSpec) -> None:
+        worker = self.idle.pop()
+        self.busy[worker.run.remote(spec.to_dict())] = (token, worker)
+
+    def next_events(self, timeout: float | None = None) -> list[Event]:
+        if self.inline:
+            events, self.inline = self.inline, []
+            return events
+        import ray
+
+        ready, _ = ray.wait([*self.pricing, *self.busy], num_returns=1, timeout=timeout)
+        return [self._priced(f) if f in self.pricing else self._finished(f) for f in ready]
+
+    def _priced(self, future) -> Priced:
+        import ray
+
+        token, family, knobs = self.pricing.pop(future)
+        try:
+            return Priced(token, *ray.get(future))
+        except Exception:  # the pricer died: price here, and from now on always here
+            self.pricer = None
+            return Priced(token, *self.price_fn(family, knobs))
+
+    def _finished(self, future) -> Finished:
+        import ray
+
+        token, worker = self.busy.pop(future)
+        try:
+            out = ray.get(future)
+            self.idle.append(worker)
+        except Exception as exc:  # the worker process died (killed, segfault, OOM killer)
+            out = {"status": "failed", "failure_kind": "worker_died",
+                   "reason": f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+            self.idle.append(self._new_worker())
+        self.nodes.add(out.get("node"))
+        return Finished(token, out)
+
+    def cancel(self, token: int) -> None:
+        import ray
+
+        for future, (t, _) in list(self.busy.items()):
+            if t == token:
+                ray.cancel(future, force=True)
+
+    def close(self) -> None:
+        self.idle, self.busy, self.pricing = [], {}, {}
+

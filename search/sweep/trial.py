@@ -1,0 +1,91 @@
+"""What runs on a worker, whatever the backend: the default trial function and the wrapper that
+turns any trial function's outcome (or exception) into the result dict the driver records.
+
+Trial-function contract: ``fn(spec: dict, data, report) -> dict``; ``report(metrics)`` is called
+after each epoch with at least ``epoch`` and ``val_acc`` and returns False when the rung rule stops
+the trial. Stand-ins for tests and benchmarks live in ``search.testing``.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable
+
+from search.feasibility import latency_within
+
+__all__ = ["TrialFn", "train_architecture", "run_trial"]
+
+TrialFn = Callable[[dict, Any, Callable], dict]
+
+
+def _measure_latency(spec: dict, data) -> float:
+    """Batch-1 latency of the deploy form (random weights suffice: latency ignores values)."""
+    from space.convert import to_deploy
+    from space.registry import get_family
+    from trainers.latency import measure_latency
+
+    family = get_family(spec["family"])
+    model = family.build(family.knobs_from_dict(spec["knobs"]), num_classes=data.num_classes,
+                         image_size=data.image_size, in_channels=data.in_channels)
+    device = "cuda" if spec.get("use_gpu") else "cpu"
+    return measure_latency(to_deploy(model), data.image_size, data.in_channels, device=device)
+
+
+def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict:
+    """Default trial function: (latency check,) train, convert, evaluate one architecture."""
+    from space.registry import get_family
+    from trainers.train import TrainConfig, train
+
+    knobs = get_family(spec["family"]).knobs_from_dict(spec["knobs"])
+    latency = None
+    if spec.get("max_latency_ms") is not None or spec.get("measure_latency"):
+        latency = _measure_latency(spec, data)
+        if not latency_within(latency, spec.get("max_latency_ms")):
+            return {"status": "infeasible", "latency_ms": latency}
+
+    def on_epoch(r) -> bool:
+        return report({"epoch": r.epoch, "val_acc": r.val_acc, "val_loss": r.val_loss,
+                       "train_loss": r.train_loss, "elapsed_s": r.elapsed_s})
+
+    result = train(spec["family"], knobs, data, TrainConfig(**spec["train"]), report=on_epoch,
+                   checkpoint_dir=spec["checkpoint_dir"])
+    return {
+        "status": "stopped" if result.stopped_early else "trained",
+        "val_acc": result.val_acc, "val_loss": result.val_loss, "test_acc": result.test_acc,
+        "epochs": result.epochs, "train_seconds": result.train_seconds,
+        "latency_ms": latency if latency is not None else result.latency_ms,
+        "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": result.checkpoint_path,
+        "deploy_path": result.deploy_path,
+    }
+
+
+def _failure(exc: BaseException) -> dict:
+    from trainers.train import NonFiniteLossError
+
+    kind = "exception"
+    if isinstance(exc, NonFiniteLossError):
+        kind = "nonfinite"
+    elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        kind = "oom"
+    tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
+    return {"status": "failed", "failure_kind": kind,
+            "reason": f"{type(exc).__name__}: {exc}".strip()[:500], "traceback": "".join(tail)[-2000:]}
+
+
+def run_trial(trial_fn: TrialFn | None, spec: dict, data, goes_on: Callable[[dict], bool]) -> dict:
+    """Run one trial; its per-epoch accuracies (``curve``) and busy time (``worker_seconds``) are
+    added to the result, and an exception becomes a ``failed`` result (the worker stays usable)."""
+    started = time.perf_counter()
+    curve: list[float] = []
+
+    def report(metrics: dict) -> bool:
+        curve.append(float(metrics["val_acc"]))
+        return goes_on(metrics)
+
+    try:
+        out = (trial_fn or train_architecture)(spec, data, report)
+    except Exception as exc:  # the driver records the reason
+        out = _failure(exc)
+    out["curve"] = curve
+    out["worker_seconds"] = time.perf_counter() - started
+    return out
