@@ -91,15 +91,18 @@ class TrialRecord:
     failure_reason: Optional[str] = None
     final: Optional[bool] = None
     extra: dict = field(default_factory=dict)
+    # Fields stored as null (a worker that reports "no latency" says so): kept as keys, as written.
+    nulls: frozenset = field(default=frozenset(), compare=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialRecord":
         known = {k: v for k, v in data.items() if k in _FIELDS}
-        return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS and k != "status"})
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS and k != "status"},
+                   nulls=frozenset(k for k, v in known.items() if v is None))
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form: set fields under their database keys, then the unknown ones."""
-        out = {f: getattr(self, f) for f in _FIELDS if getattr(self, f) is not None}
+        out = {f: getattr(self, f) for f in _FIELDS if getattr(self, f) is not None or f in self.nulls}
         out.update(self.extra)
         return json.loads(json.dumps(out))  # plain JSON types only (tuples become lists)
 
@@ -107,10 +110,11 @@ class TrialRecord:
         """A copy with outcome fields set; keys outside the record's fields land in ``extra``."""
         known = {k: v for k, v in changes.items() if k in _FIELDS}
         rest = {k: v for k, v in changes.items() if k not in _FIELDS}
-        return dataclasses.replace(self, **known, extra={**self.extra, **rest})
+        nulls = (self.nulls - known.keys()) | {k for k, v in known.items() if v is None}
+        return dataclasses.replace(self, **known, extra={**self.extra, **rest}, nulls=nulls)
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.name != "extra")
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrialRecord) if f.name not in ("extra", "nulls"))
 
 
 def arch_key(family: str, knobs: dict, fidelity: dict) -> str:

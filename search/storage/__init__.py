@@ -18,6 +18,7 @@ import optuna
 
 from search.config import StudyConfig
 from search.exceptions import StorageError, StudyFileError
+from search.storage import _optuna_compat as compat
 from search.storage._optuna_compat import NATIVE_CONSTRAINTS, params_in_one_write, set_constraints
 from search.storage._optuna_compat import stale_trial_callback_kwargs as _stale_kwargs
 from search.storage._shared import Heartbeat, budget_lock, requeue_stale_trial
@@ -106,6 +107,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
                            f"{cause.replace(url, display_url(url))}") from e
     if path is not None:
         tune_sqlite(storage)
+    compat.register_engine(url, storage)
     return storage
 
 

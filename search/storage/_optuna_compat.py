@@ -1,24 +1,36 @@
 """Every use of Optuna's private API in effnas, in one place, each next to its public fallback.
 
-Optuna's public API has no way to: reach a study's storage or a trial's id (heartbeats, marking a
-trial a dead driver left), write a trial's parameters in one transaction, or find the database
-engine behind a study (PostgreSQL advisory locks). Each function here probes for the private piece
-it needs and, where it is missing (a future Optuna that renamed it), takes the public path with the
-same result, only slower, or switches the feature off where no public path exists (said per
-function). ``tests/test_optuna_compat.py`` runs every function both ways and compares.
+What Optuna's public API cannot do, and where effnas reaches inside:
 
-Set ``FORCE_PUBLIC = True`` to take every public fallback (tests do).
+- ``storage_of``: a study's storage (``Study._storage``), for heartbeats and for failing a trial a
+  dead driver left. No public equivalent exists.
+- ``trial_id``: a trial's storage id (``_trial_id``), for heartbeats. No public equivalent.
+- ``rdb_engine``: the SQLAlchemy engine behind a study (``_CachedStorage._backend``), for the
+  PostgreSQL budget lock. Fallback: the engine registered when ``search.storage`` opened the
+  storage (same object).
+- ``params_in_one_write``: a trial's parameters in one transaction (``_CachedStorage`` internals,
+  ``RDBStorage._set_trial_param_without_commit``, ``storages._rdb.models``, swapping
+  ``Trial.storage``). Fallback: Optuna's per-parameter writes (same rows, slower).
+- ``fail_trial``: user attributes and FAIL on a trial this driver holds no ``Trial`` for (storage
+  setters by id). Fallback: a public ``optuna.Trial`` for it and ``Study.tell`` by number.
+- ``stale_trial_callback_kwargs``: the RDBStorage argument renamed in Optuna 4.9 (public either way,
+  found by signature).
+
+A future Optuna that renames a private piece only loses speed where a fallback exists; the two
+without one would fail loudly in ``tests/test_optuna_compat.py``. That file runs every function
+with and without ``FORCE_PUBLIC`` and compares the results.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["storage_of", "trial_id", "rdb_engine", "params_in_one_write", "set_constraints",
+__all__ = ["storage_of", "trial_id", "rdb_engine", "register_engine", "params_in_one_write", "set_constraints",
            "stale_trial_callback_kwargs", "heartbeat_interval", "record_heartbeat", "fail_trial",
            "NATIVE_CONSTRAINTS"]
 
@@ -35,25 +47,32 @@ def storage_of(study: optuna.Study):
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
-    """The storage id of a trial (private ``_trial_id``). Public fallback: look it up by number
-    through the storage's ``get_trial_id_from_study_id_trial_number``."""
-    if not FORCE_PUBLIC and hasattr(trial, "_trial_id"):
-        return trial._trial_id
-    study = trial.study if isinstance(trial, optuna.Trial) else None
-    if study is None:
-        raise TypeError("the public fallback needs a live optuna.Trial (with its study)")
-    return storage_of(study).get_trial_id_from_study_id_trial_number(study._study_id, trial.number)
+    """The storage id of a trial (private ``_trial_id``; no public equivalent)."""
+    return trial._trial_id
 
 
-def rdb_engine(study: optuna.Study):
+_ENGINES: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+
+
+def register_engine(url: str, storage) -> None:
+    """Remember the engine of an RDB storage this process opened (the public path to it)."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        _ENGINES[url] = engine
+
+
+def rdb_engine(study: optuna.Study, url: str | None = None):
     """The SQLAlchemy engine behind the study, or None (in-memory storage, or no way to find it).
 
-    Private: ``_CachedStorage._backend``. Fallback: the storage itself when it is an
-    ``RDBStorage`` (``engine`` is a public attribute there); otherwise None, and callers do
-    without (the PostgreSQL budget lock then falls back to the surplus check)."""
-    storage = storage_of(study)
-    backend = storage if FORCE_PUBLIC else getattr(storage, "_backend", storage)
-    return getattr(backend, "engine", None)
+    Private: ``_CachedStorage._backend``. Fallback: the engine registered under ``url`` when the
+    storage was opened; without either, None, and callers do without (the PostgreSQL budget lock
+    then leaves the race to the surplus check)."""
+    if not FORCE_PUBLIC:
+        storage = storage_of(study)
+        engine = getattr(getattr(storage, "_backend", storage), "engine", None)
+        if engine is not None:
+            return engine
+    return _ENGINES.get(url) if url is not None else None
 
 
 # --- parameters in one transaction ----------------------------------------------------------------
@@ -178,8 +197,7 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -
     then mark it failed. Private: the storage's setters by trial id. Fallback: a public
     ``optuna.Trial`` for it and ``Study.tell`` by trial number."""
     if FORCE_PUBLIC:
-        live = optuna.Trial(study, storage_of(study).get_trial_id_from_study_id_trial_number(
-            study._study_id, trial.number))
+        live = optuna.Trial(study, trial_id(trial))
         for key, value in attrs.items():
             live.set_user_attr(key, value)
         study.tell(trial.number, state=TrialState.FAIL)

@@ -50,14 +50,14 @@ class Heartbeat:
 
 
 @contextlib.contextmanager
-def budget_lock(study: optuna.Study) -> Iterator[None]:
+def budget_lock(study: optuna.Study, url: str | None = None) -> Iterator[None]:
     """Serialises "count the budget, then ask" between drivers sharing a PostgreSQL study.
 
     Without it two drivers can both see the last slot free and both ask: the later trial must then
     be released as surplus. A session-level advisory lock, keyed by the study name, held from the
     count until the new trial exists (RUNNING, so the other driver counts it). Other databases
     have no such lock here; there the policy's surplus check resolves the race after the fact."""
-    engine = compat.rdb_engine(study)
+    engine = compat.rdb_engine(study, url)
     if engine is None or engine.dialect.name != "postgresql":
         yield
         return

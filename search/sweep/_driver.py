@@ -204,7 +204,7 @@ class Sweep:
         """A new trial, or None when other drivers took the last slots (shared database)."""
         if not self.shared_db:
             return study.ask()
-        with budget_lock(study):
+        with budget_lock(study, self.cfg.storage_url):
             if self._budget_left(study) <= 0:  # others took the last slots meanwhile
                 return None
             trial = study.ask()
