@@ -51,7 +51,7 @@ def one_round(rng: random.Random, kills: int) -> dict:
         before: dict = {}
         for _ in range(kills):
             if rng.random() < 0.5:
-                point = rng.choice([p for p in POINTS if p != "exporting"])
+                point = rng.choice([p for p in POINTS if p not in ("exporting", "screened")])
                 rc = run_driver(tmp, study, f"{point}:{rng.randint(1, 4)}").returncode
             else:
                 rc = kill_from_outside(tmp, study, rng.uniform(3.0, 15.0))

@@ -8,6 +8,7 @@ and nothing is created or written while loading.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -22,12 +23,14 @@ from search.exceptions import StudyFileError
 __all__ = [
     "StudyConfig", "DataSection", "FamilySection", "ConstraintsSection", "SamplerSection",
     "BudgetSection", "FidelitySection", "AshaSection", "TrainSection", "ResourcesSection",
-    "RaySection", "RetrySection", "load_study", "parse_study", "OBJECTIVES", "SAMPLERS", "DATASETS",
+    "RaySection", "RetrySection", "ProxiesSection", "PrescreenSection", "load_study", "parse_study",
+    "OBJECTIVES", "SAMPLERS", "DATASETS", "PROXIES",
 ]
 
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency": "minimize"}
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp", "bruteforce")
 DATASETS = ("cifar10", "cifar100", "npz", "digits", "mnist", "fashion_mnist")
+PROXIES = ("synflow", "naswot", "snip", "grad_norm")  # trainers.proxies
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -115,6 +118,22 @@ class RaySection:
 
 
 @dataclass(frozen=True)
+class ProxiesSection:
+    # Zero-cost proxies scored for every proposal (PROXIES: all). Off by default: 0.4-2 s per
+    # mid-sized CIFAR network on one CPU thread; `prescreen:` switches its own proxy on.
+    names: tuple = ()
+    batch_size: int = 32             # training images they are computed on (seeded, fixed per study)
+    max_macs: float = 2.0e9          # networks above this are not scored (the score would cost minutes)
+
+
+@dataclass(frozen=True)
+class PrescreenSection:
+    proxy: str = "synflow"           # one of proxies.names
+    pool: int = 8                    # feasible, new proposals gathered before choosing
+    keep: float = 0.25               # fraction of each pool trained, best proxy for its cost first
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: str
     families: dict                   # family name -> FamilySection
@@ -128,6 +147,8 @@ class StudyConfig:
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     retry: RetrySection = field(default_factory=RetrySection)
     ray: RaySection = field(default_factory=RaySection)
+    proxies: ProxiesSection = field(default_factory=ProxiesSection)
+    prescreen: Optional[PrescreenSection] = None  # None: every feasible new proposal is trained
     storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
     run_dir: Optional[str] = None    # default runs/<study> next to the study file's working dir
     path: str = "<memory>"           # the study file it came from (not a YAML key)
@@ -307,9 +328,39 @@ def _check_values(cfg: StudyConfig) -> None:
     addr = cfg.ray.address
     if addr is not None and not (addr == "auto" or addr.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", addr)):
         raise StudyFileError(p, "ray.address", f"expected null, 'auto', 'host:port' or 'ray://host:port', got {addr!r}")
+    _check_proxies(cfg)
     if cfg.storage is not None and "://" not in cfg.storage:
         raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
                                             f"or postgresql://user@host/db, got {cfg.storage!r}")
+
+
+def _check_proxies(cfg: StudyConfig) -> None:
+    p, names = cfg.path, list(cfg.proxies.names)
+    for i, name in enumerate(names):
+        if name not in PROXIES:
+            raise StudyFileError(p, f"proxies.names[{i}]", f"unknown proxy {name!r}; valid: {', '.join(PROXIES)}")
+    _positive(p, "proxies.batch_size", cfg.proxies.batch_size, allow_none=False)
+    if cfg.proxies.batch_size < 2:
+        raise StudyFileError(p, "proxies.batch_size", f"must be >= 2 (NASWOT compares images), got {cfg.proxies.batch_size}")
+    _positive(p, "proxies.max_macs", cfg.proxies.max_macs, allow_none=False)
+    s = cfg.prescreen
+    if s is None:
+        return
+    if s.proxy not in PROXIES:
+        raise StudyFileError(p, "prescreen.proxy", f"unknown proxy {s.proxy!r}; valid: {', '.join(PROXIES)}")
+    if names and s.proxy not in names:
+        raise StudyFileError(p, "prescreen.proxy", f"{s.proxy!r} is not scored; choose one of proxies.names "
+                                                   f"({', '.join(names)}) or add it there")
+    if s.pool < 2:
+        raise StudyFileError(p, "prescreen.pool", f"must be >= 2 (a pool of one has nothing to choose from), got {s.pool}")
+    if not 0 < s.keep < 1:
+        raise StudyFileError(p, "prescreen.keep", f"must lie in (0, 1), got {s.keep}")
+    if math.ceil(s.keep * s.pool) >= s.pool:
+        raise StudyFileError(p, "prescreen.keep", f"keeps all of a pool of {s.pool} ({s.keep} x {s.pool} rounds up "
+                                                  f"to {math.ceil(s.keep * s.pool)}); lower keep or raise pool")
+    if cfg.storage is not None and not cfg.storage.startswith("sqlite:"):
+        raise StudyFileError(p, "prescreen", "works with one driver per study (SQLite storage) for now; "
+                                             "remove `prescreen:` to share the study between drivers")
 
 
 def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) -> StudyConfig:
@@ -320,6 +371,8 @@ def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) 
     cfg = dataclasses.replace(cfg, path=path)
     _check_values(cfg)
     cfg = dataclasses.replace(cfg, families=_check_families(cfg))
+    if cfg.prescreen is not None and not cfg.proxies.names:  # the screening proxy is scored at least
+        cfg = dataclasses.replace(cfg, proxies=dataclasses.replace(cfg.proxies, names=(cfg.prescreen.proxy,)))
     if base_dir is not None and cfg.data.root and not Path(cfg.data.root).is_absolute():
         # Relative data roots are relative to the study file, so a study runs from any directory.
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str((base_dir / cfg.data.root).resolve())))

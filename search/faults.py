@@ -12,7 +12,7 @@ import signal
 
 __all__ = ["checkpoint", "POINTS"]
 
-POINTS = ("asked", "proposed", "submitted", "recorded", "told", "exporting")
+POINTS = ("asked", "proposed", "screened", "submitted", "recorded", "told", "exporting")
 _counts: dict[str, int] = {}
 
 

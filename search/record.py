@@ -36,6 +36,7 @@ class TrialStatus(str, enum.Enum):
     DUPLICATE = "duplicate"    # an architecture already trained at this fidelity
     FAILED = "failed"          # the worker raised, diverged or died
     SURPLUS = "surplus"        # asked after other drivers had taken the budget; released
+    SCREENED = "screened"      # not chosen by pre-screening (zero-cost proxy for its cost); never trained
     RUNNING = "running"        # asked and not finished (priced, queued or training)
     WAITING = "waiting"        # queued by enqueue_trial (a retry), not asked yet
 
@@ -72,6 +73,8 @@ class TrialRecord:
     attempt: Optional[int] = None
     duplicate_of: Optional[int] = None
     queued_seconds: Optional[float] = None  # waited, priced, for a free worker
+    proxies: Optional[dict] = None          # zero-cost proxy scores at initialisation (trainers.proxies)
+    prescreen: Optional[dict] = None        # pool, score and verdict of pre-screening
     # -- the outcome --
     val_acc: Optional[float] = None
     val_loss: Optional[float] = None

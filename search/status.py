@@ -44,8 +44,10 @@ def status_dict(study: optuna.Study) -> dict:
         "wall_seconds": wall,
         "train_seconds": train,
         "overhead_ms_per_trial": _overhead_ms(trials, records),
+        "proxies_scored": sum(1 for r in records if r.proxies and any(v is not None for v in r.proxies.values())),
         "pareto": [{"number": m.number, "family": m.family, "values": m.values,
-                    "test_acc": m.record.test_acc, "epochs": m.record.epochs} for m in front],
+                    "test_acc": m.record.test_acc, "epochs": m.record.epochs,
+                    "proxies": dict(m.record.proxies or {})} for m in front],
     }
 
 
@@ -56,7 +58,12 @@ def print_status(study: optuna.Study) -> None:
     overhead = s["overhead_ms_per_trial"]
     print(f"time: {s['wall_seconds']:.1f}s wall, {s['train_seconds']:.1f}s training"
           + (f", driver overhead {overhead:.0f} ms per trial on a worker" if overhead is not None else ""))
+    if s["proxies_scored"]:
+        screened = s["statuses"].get("screened", 0)
+        print(f"zero-cost proxies scored on {s['proxies_scored']} proposals"
+              + (f"; pre-screening left {screened} untrained" if screened else ""))
     print(f"Pareto front ({len(s['pareto'])} members; " + ", ".join(s["objectives"]) + "):")
     for m in s["pareto"]:
         vals = "  ".join(f"{k} {v:.4f}" if k == "accuracy" else f"{k} {v:,.0f}" for k, v in m["values"].items())
-        print(f"  #{m['number']:<5d} {m['family']:12s} {vals}")
+        proxies = "  ".join(f"{k} {v:.3g}" for k, v in m["proxies"].items() if v is not None)
+        print(f"  #{m['number']:<5d} {m['family']:12s} {vals}" + (f"  | {proxies}" if proxies else ""))

@@ -67,6 +67,10 @@ STUDY_CASES = [
     ("val-too-large", _study(data__val_size=100000), [], "val_size"),
     ("unwritable-storage", _study(storage="sqlite:////proc/effnas/study.db"), [], "cannot create"),
     ("no-such-server-db", _study(storage="postgresql://nobody@127.0.0.1:9/none"), [], "cannot open the study database"),
+    ("unknown-proxy", _study(proxies={"names": ["zen"]}), [], "unknown proxy 'zen'"),
+    ("prescreen-keep", _study(prescreen={"keep": 2}), [], "prescreen.keep: must lie in (0, 1)"),
+    ("prescreen-proxy", _study(prescreen={"proxy": "snip"}, proxies={"names": ["synflow"]}), [],
+     "prescreen.proxy: 'snip' is not scored"),
     ("n-trials-zero", _study(), ["--n-trials", "0"], "--n-trials must be >= 1"),
 ]
 

@@ -80,6 +80,17 @@ BAD = [
     (_with("families", {"rsnet": {"knobs": {"no_such_knob": 3}}}), "families.rsnet.knobs", "unknown knob"),
     (_with("train.momentum", 1.5), "train.momentum", r"\[0, 1\)"),
     (_with("retry.max_retries", -1), "retry.max_retries", ">= 0"),
+    (_with("proxies.names", ["synflow", "zen"]), "proxies.names[1]", "unknown proxy 'zen'"),
+    (_with("proxies.batch_size", 1), "proxies.batch_size", ">= 2"),
+    (_with("proxies.names", "synflow"), "proxies.names", "expected a list"),
+    (_with("proxies.names", ["snip"]) | {"prescreen": {"proxy": "synflow"}}, "prescreen.proxy", "or add it there"),
+    (_with("prescreen", {"proxy": "jacob_cov"}), "prescreen.proxy", "unknown proxy 'jacob_cov'"),
+    (_with("prescreen", {"pool": 1}), "prescreen.pool", ">= 2"),
+    (_with("prescreen", {"keep": 1.0}), "prescreen.keep", r"\(0, 1\)"),
+    (_with("prescreen", {"keep": 0}), "prescreen.keep", r"\(0, 1\)"),
+    (_with("prescreen", {"pool": 3, "keep": 0.9}), "prescreen.keep", "keeps all of a pool of 3"),
+    (_with("prescreen", {"pool": 4, "bogus": 1}), "prescreen.bogus", "unknown key"),
+    (_with("prescreen", {}) | {"storage": "postgresql://u@h/db"}, "prescreen", "one driver per study"),
     ({k: v for k, v in BASE.items() if k != "families"}, "families", "required key is missing"),
     ([1, 2], "", "must be a YAML mapping"),
 ]
@@ -90,6 +101,14 @@ def test_bad_inputs_name_the_key(raw, key, message):
     with pytest.raises(StudyFileError, match=message) as info:
         parse_study(raw, "bad.yaml")
     assert str(info.value).startswith(f"bad.yaml: {key}")
+
+
+def test_proxies_are_off_by_default_and_prescreen_scores_its_own():
+    assert parse_study(BASE, "s.yaml").proxies.names == ()
+    cfg = parse_study(_with("prescreen", {"proxy": "naswot"}), "s.yaml")
+    assert cfg.proxies.names == ("naswot",)
+    both = parse_study(_with("proxies.names", ["synflow", "naswot"]) | {"prescreen": {"proxy": "naswot"}}, "s.yaml")
+    assert both.proxies.names == ("synflow", "naswot")
 
 
 def test_knob_override_outside_range_is_rejected():

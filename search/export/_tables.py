@@ -7,6 +7,7 @@ import json
 
 import optuna
 
+from search.config import PROXIES
 from search.export._files import clean
 from search.pareto import FrontMember
 from search.record import TrialRecord
@@ -51,12 +52,15 @@ def member_entry(m: FrontMember) -> dict:
         "fidelity": {**(rec.fidelity or {}), "epochs_reached": reached},
         "objectives": dict(m.values),
         "arch_key": rec.arch_key,
+        "proxies": dict(rec.proxies or {}),
     }
 
 
 def csv_text(entries: list[dict], names: list[str], models: bool) -> str:
     extra = ["weights", "onnx"] if models else []
-    fields = _CSV_FIELDS + [f"objective_{n}" for n in names] + ["fidelity", "knobs"] + extra
+    proxies = [n for n in PROXIES if any(n in e.get("proxies", {}) for e in entries)]
+    fields = (_CSV_FIELDS + [f"objective_{n}" for n in names] + [f"proxy_{n}" for n in proxies]
+              + ["fidelity", "knobs"] + extra)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -64,6 +68,7 @@ def csv_text(entries: list[dict], names: list[str], models: bool) -> str:
         row = {k: e.get(k) for k in _CSV_FIELDS if k != "epochs_reached"}
         row["epochs_reached"] = e["fidelity"].get("epochs_reached")
         row.update({f"objective_{n}": e["objectives"].get(n) for n in names})
+        row.update({f"proxy_{n}": e.get("proxies", {}).get(n) for n in proxies})
         row["fidelity"] = json.dumps(e["fidelity"], sort_keys=True)
         row["knobs"] = json.dumps(e["knobs"], sort_keys=True)
         row.update({k: e.get(k) for k in extra})

@@ -9,6 +9,7 @@ only moves data between the study, the policy and the backend.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -20,6 +21,7 @@ from search.asha import Asha
 from search.config import StudyConfig
 from search.exceptions import DataError, SearchSpaceExhausted
 from search.feasibility import check_budget_reachable, is_feasible, latency_constraint
+from search.prescreen import Candidate, choose
 from search.proposal import Proposal, family_spaces, propose
 from search.record import (TrialRecord, TrialStatus, read_record, trial_status, write_pending, write_record)
 from search.storage import (DriverLock, Heartbeat, budget_lock, check_existing_database, display_url,
@@ -35,17 +37,44 @@ _LOOKAHEAD = 1  # architectures asked and priced ahead of the free workers
 
 
 class _Pricing:
-    """The cost model for the study's data shape, by family and JSON knobs (picklable: it runs on
-    the backend's pricer)."""
+    """Costs, constraint values and zero-cost proxy scores of an architecture, by family and JSON
+    knobs, for the study's data (picklable: it runs on the backend's pricer, with its batch)."""
 
-    def __init__(self, cfg: StudyConfig, data_meta: dict):
-        self.cfg, self.data_meta = cfg, data_meta
+    def __init__(self, cfg: StudyConfig, data_meta: dict, batch=None):
+        self.cfg, self.data_meta, self.batch = cfg, data_meta, batch
 
-    def __call__(self, family: str, knobs: dict) -> tuple[dict, dict]:
+    def __call__(self, family: str, knobs: dict) -> tuple[dict, dict, dict]:
         from search.feasibility import price
         from space.registry import get_family
 
-        return price(self.cfg, family, get_family(family).knobs_from_dict(knobs), self.data_meta)
+        knobs_dc = get_family(family).knobs_from_dict(knobs)
+        cost, constraints = price(self.cfg, family, knobs_dc, self.data_meta)
+        return cost, constraints, self._proxies(family, knobs_dc, cost)
+
+    def _proxies(self, family: str, knobs, cost: dict) -> dict:
+        names = list(self.cfg.proxies.names)
+        if not names or self.batch is None:
+            return {}
+        if cost["macs"] > self.cfg.proxies.max_macs:  # scoring it would cost minutes
+            return {n: None for n in names}
+        from trainers.proxies import finite_or_none, score_architecture
+
+        x, y = self.batch
+        try:
+            scores = score_architecture(family, knobs, x, y, self.data_meta["num_classes"], names,
+                                        seed=self.cfg.train.seed)
+        except Exception:  # a proxy that cannot score this network says nothing about it
+            return {n: None for n in names}
+        return {n: finite_or_none(v) for n, v in scores.items()}
+
+
+def _retry_attrs(trial, attempt: int) -> dict:
+    """User attributes of a re-queued trial: which one it retries, and whether pre-screening had
+    already chosen it (then it is trained without entering another pool)."""
+    attrs = {"retry_of": trial.number, "attempt": attempt}
+    if trial.user_attrs.get("prescreen_kept"):
+        attrs["prescreen_kept"] = True
+    return attrs
 
 
 def _costs(rec: TrialRecord) -> dict:
@@ -77,7 +106,9 @@ class Sweep:
         self.fidelity: dict = {}
         self.sampler = None
         self.shared_db = sqlite_path(cfg.storage_url) is None
-        self.costs: dict[str, tuple[dict, dict]] = {}     # arch_key -> (cost, constraints)
+        self.costs: dict[str, tuple[dict, dict, dict]] = {}  # arch_key -> (cost, constraints, proxies)
+        self.pool: list[tuple[Proposal, TrialRecord]] = []  # pre-screening: feasible, new, not chosen yet
+        self.scored: list[Candidate] = []                # every proposal's screening proxy so far
         self.pending: dict[int, Proposal] = {}           # being priced, by trial number
         self.ready: list[tuple[Proposal, TrialRecord]] = []  # priced, to train, waiting for a slot
         self.inflight: dict[int, tuple[Proposal, TrialRecord]] = {}
@@ -114,8 +145,16 @@ class Sweep:
 
         r, res = self.cfg.ray, self.cfg.resources
         return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
-                             price_fn=_Pricing(self.cfg, self.data_meta), trial_fn=self.trial_fn,
+                             price_fn=self._pricing(), trial_fn=self.trial_fn,
                              where=self.cfg.path, ray_address=r.address, num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+
+    def _pricing(self) -> _Pricing:
+        batch = None
+        if self.cfg.proxies.names:
+            from trainers.proxies import proxy_batch
+
+            batch = proxy_batch(self.data, self.cfg.proxies.batch_size, seed=self.cfg.train.seed)
+        return _Pricing(self.cfg, self.data_meta, batch)
 
     def _recover(self, study: optuna.Study) -> int:
         """Mark trials a dead driver left RUNNING as failed and re-enqueue their parameters.
@@ -132,8 +171,7 @@ class Sweep:
             compat.fail_trial(study, t, {"status": TrialStatus.FAILED.value,
                                          "failure_reason": "interrupted: the driver stopped while this trial ran"})
             if t.params:  # a trial killed before it drew anything has nothing to retry
-                study.enqueue_trial(t.params, user_attrs={"retry_of": t.number,
-                                                          "attempt": t.user_attrs.get("attempt", 0)},
+                study.enqueue_trial(t.params, user_attrs=_retry_attrs(t, t.user_attrs.get("attempt", 0)),
                                     skip_if_exists=False)
         return len(stale)
 
@@ -156,8 +194,11 @@ class Sweep:
                                   retry_nonfinite=self.cfg.retry.retry_nonfinite, shared=self.shared_db)
         self.policy.learn(trials)
         for t in trials:
+            rec = read_record(t)
             if trial_status(t) == TrialStatus.TRAINED:
-                self.progress.note_trained(read_record(t).val_acc, t.number)
+                self.progress.note_trained(rec.val_acc, t.number)
+            if self.cfg.prescreen is not None and rec.macs is not None and rec.proxies:
+                self.scored.append(Candidate(t.number, rec.proxies.get(self.cfg.prescreen.proxy), rec.macs, rec.params))
 
     def run(self) -> SweepSummary:
         self._prepare()
@@ -193,6 +234,11 @@ class Sweep:
 
     # -- one proposal ---------------------------------------------------------------------------
     def _under_way(self) -> int:
+        """Trials that will use the budget unless they fail. With pre-screening, proposals being
+        priced or waiting in the pool mostly do not (most are screened): the pool's choice is
+        capped by the budget left instead."""
+        if self.cfg.prescreen is not None:
+            return len(self.inflight) + len(self.ready)
         return len(self.inflight) + len(self.ready) + len(self.pending)
 
     def _budget_left(self, study: optuna.Study) -> int:
@@ -238,10 +284,11 @@ class Sweep:
                  "latency": latency if latency is not None else float("inf")}
         return [float(table[o]) for o in self.cfg.objectives]
 
-    def _proposal_record(self, p: Proposal, cost: dict, constraints: dict) -> TrialRecord:
+    def _proposal_record(self, p: Proposal, cost: dict, constraints: dict, proxies: dict) -> TrialRecord:
         return TrialRecord(family=p.family, knobs=p.knobs_dict, arch_key=p.key, fidelity=self.fidelity,
                            constraints=list(constraints.values()) or [0.0], **self.data_meta,
-                           **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")})
+                           **{k: cost[k] for k in ("params", "macs", "train_params", "train_macs")},
+                           proxies=proxies or None)
 
     def _tell_without_training(self, study, trial, status: TrialStatus, values, rec: TrialRecord) -> None:
         write_record(trial, status, rec)
@@ -253,8 +300,9 @@ class Sweep:
     def _decide(self, study: optuna.Study, p: Proposal) -> None:
         """Record an over-budget or already-trained architecture at once, else send it to a worker."""
         t0 = time.perf_counter()
-        cost, constraints = self.costs[p.key]
-        rec = self._proposal_record(p, cost, constraints)
+        cost, constraints, proxies = self.costs[p.key]
+        rec = self._proposal_record(p, cost, constraints, proxies)
+        self._note_score(p, rec)
         if self.shared_db and is_feasible(constraints):  # what other drivers trained or train counts too
             self.policy.learn(study.get_trials(deepcopy=False))
         decision = self.policy.decide(p.number, p.key, constraints)
@@ -274,13 +322,54 @@ class Sweep:
             rec = rec.with_outcome(attempt=p.trial.user_attrs.get("attempt", 0))
             if constraints and self.cfg.constraints.max_latency_ms is None:
                 set_constraints(p.trial, constraints)  # else set with the measured latency on return
-            write_pending(p.trial, rec)  # one write now; the full record lands with the result
-            if self.backend.free_slots():
-                self._submit(p, rec)
+            if self.cfg.prescreen is not None and not p.trial.user_attrs.get("prescreen_kept"):
+                self.pool.append((p, rec))  # chosen (or screened) once the pool is full
+                if len(self.pool) >= self.cfg.prescreen.pool:
+                    self._screen_pool(study)
             else:
-                p.queued_at = time.perf_counter()
-                self.ready.append((p, rec))
+                self._to_worker(p, rec)
         self.overhead_s += time.perf_counter() - t0
+
+    def _to_worker(self, p: Proposal, rec: TrialRecord) -> None:
+        write_pending(p.trial, rec)  # one write now; the full record lands with the result
+        if self.backend.free_slots():
+            self._submit(p, rec)
+        else:
+            p.queued_at = time.perf_counter()
+            self.ready.append((p, rec))
+
+    # -- pre-screening --------------------------------------------------------------------------
+    def _note_score(self, p: Proposal, rec: TrialRecord) -> None:
+        if self.cfg.prescreen is not None:
+            score = (rec.proxies or {}).get(self.cfg.prescreen.proxy)
+            self.scored.append(Candidate(p.number, score, rec.macs, rec.params))
+
+    def _screen_pool(self, study: optuna.Study) -> None:
+        """Train the pool's best for their cost (at most what the budget has left), screen the rest."""
+        s = self.cfg.prescreen
+        pool, self.pool = self.pool, []
+        budget_left = self.policy.budget_left(len(self.inflight) + len(self.ready))
+        if budget_left <= 0:  # proposals priced after the budget filled up: released, not judged
+            for p, rec in pool:
+                self._tell_without_training(study, p.trial, TrialStatus.SURPLUS, None, rec)
+                self.policy.finished(p.key, p.number, TrialStatus.SURPLUS)
+            return
+        candidates = [Candidate(p.number, (r.proxies or {}).get(s.proxy), r.macs, r.params) for p, r in pool]
+        numbers = {c.number for c in candidates}
+        history = [c for c in self.scored if c.number not in numbers]
+        kept = choose(s.proxy, candidates, history, min(math.ceil(s.keep * len(pool)), budget_left))
+        verdict = {"proxy": s.proxy, "pool": [c.number for c in candidates]}
+        for p, rec in pool:
+            if p.number in kept:
+                p.trial.set_user_attr("prescreen_kept", True)  # a retry after a crash is not screened again
+                self._to_worker(p, rec.with_outcome(prescreen={**verdict, "kept": True}))
+            else:
+                rec = rec.with_outcome(prescreen={**verdict, "kept": False})
+                self._tell_without_training(study, p.trial, TrialStatus.SCREENED, None, rec)
+                self.policy.finished(p.key, p.number, TrialStatus.SCREENED)
+                self.summary.screened += 1
+        faults.checkpoint("screened")
+        self.progress.line(f"pre-screening kept trials {sorted(kept)} of pool {verdict['pool']} by {s.proxy} for their cost")
 
     def _spec(self, p: Proposal) -> TrialSpec:
         t, res = self.cfg.train, self.cfg.resources
@@ -358,7 +447,7 @@ class Sweep:
         self.summary.failed += 1
         self.policy.finished(p.key, p.number, TrialStatus.FAILED, will_retry=will_retry)
         if will_retry:
-            study.enqueue_trial(p.trial.params, user_attrs={"retry_of": p.number, "attempt": attempt + 1},
+            study.enqueue_trial(p.trial.params, user_attrs=_retry_attrs(p.trial, attempt + 1),
                                 skip_if_exists=False)
         self.progress.line(f"trial {p.number} {p.family} failed: {rec.failure_reason}"
                            + (f" (retry {attempt + 1}/{self.cfg.retry.max_retries} queued)" if will_retry else ""))
@@ -367,7 +456,7 @@ class Sweep:
     def _handle(self, study: optuna.Study, event) -> None:
         if isinstance(event, Priced):
             proposal = self.pending.pop(event.token)
-            self.costs[proposal.key] = (event.cost, event.constraints)
+            self.costs[proposal.key] = (event.cost, event.constraints, event.proxies)
             self._decide(study, proposal)
         elif isinstance(event, Finished):
             self._finish(study, event.token, event.result)
@@ -388,7 +477,10 @@ class Sweep:
                 if not exhausted:
                     self._propose_one(study)
             if not self.inflight and not self.pending and not self.ready:
-                break
+                if not self.pool:
+                    break
+                self._screen_pool(study)  # no more proposals come: choose from what the pool holds
+                continue
             for event in self.backend.next_events(timeout=None):
                 self._handle(study, event)
         if exhausted:

@@ -61,7 +61,8 @@ class SweepPolicy:
     retry_nonfinite: bool = False
     shared: bool = False
     stalls: int = 0
-    trained: dict[str, tuple[int, list | None]] = field(default_factory=dict)  # arch_key -> (trial, values)
+    # arch_key -> (trial, objective values) of architectures trained, stopped or screened: never again
+    trained: dict[str, tuple[int, list | None]] = field(default_factory=dict)
     started: dict[str, int] = field(default_factory=dict)      # arch_key -> this driver's live trial
     others_running: set[str] = field(default_factory=set)      # arch_keys other drivers train now
 
@@ -71,7 +72,7 @@ class SweepPolicy:
         self.others_running = set()
         for t in trials:
             status = trial_status(t)
-            if status in (TrialStatus.TRAINED, TrialStatus.STOPPED):
+            if status in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.SCREENED):
                 key = read_record(t).arch_key
                 if key:
                     self.trained.setdefault(key, (t.number, list(t.values) if t.values else None))
@@ -104,7 +105,9 @@ class SweepPolicy:
                  will_retry: bool = False) -> None:
         """A trial this driver started came back with ``status`` (and objective ``values``)."""
         self.started.pop(key, None)
-        if status in (TrialStatus.TRAINED, TrialStatus.STOPPED):
+        if status == TrialStatus.SCREENED:  # proposed again later, it is not screened (or trained) again
+            self.trained.setdefault(key, (number, None))
+        elif status in (TrialStatus.TRAINED, TrialStatus.STOPPED):
             self.trained[key] = (number, values)
             self.used += 1
         elif status == TrialStatus.FAILED and not will_retry:

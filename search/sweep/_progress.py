@@ -17,6 +17,7 @@ class SweepSummary:
     failed: int = 0
     infeasible: int = 0
     duplicate: int = 0
+    screened: int = 0
     wall_seconds: float = 0.0
     loop_seconds: float = 0.0       # the scheduling loop alone (no Ray start, no data loading)
     overhead_ms_per_trial: float = 0.0
@@ -28,7 +29,7 @@ class SweepSummary:
 
     @property
     def proposals(self) -> int:
-        return self.trained + self.stopped + self.failed + self.infeasible + self.duplicate
+        return self.trained + self.stopped + self.failed + self.infeasible + self.duplicate + self.screened
 
     def stamp_result(self) -> None:
         now = time.perf_counter()
@@ -56,4 +57,5 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         best = f" | best acc {self.best[0]:.4f} (trial {self.best[1]})" if self.best else ""
         self.log(f"[{elapsed:7.1f}s] {text} | running {self.running} trained {s.trained} "
-                 f"stopped {s.stopped} failed {s.failed} infeasible {s.infeasible} dup {s.duplicate}{best}")
+                 f"stopped {s.stopped} failed {s.failed} infeasible {s.infeasible} dup {s.duplicate}"
+                 + (f" screened {s.screened}" if s.screened else "") + best)

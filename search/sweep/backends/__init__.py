@@ -60,6 +60,7 @@ class Priced:
     token: int
     cost: dict                       # space.cost.Cost.as_dict()
     constraints: dict[str, float]
+    proxies: dict = field(default_factory=dict)  # zero-cost proxy scores (None: not scored)
 
 
 @dataclass(frozen=True)
