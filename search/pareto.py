@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.record import TrialRecord, TrialStatus, read_record, trial_status
 
-__all__ = ["FrontMember", "front_candidates", "non_dominated", "pareto_front", "objectives_of"]
+__all__ = ["FrontMember", "front_candidates", "non_dominated", "pareto_front", "objectives_of", "hypervolume"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,37 @@ def pareto_front(study: optuna.Study) -> list[FrontMember]:
                                    params=dict(trials[i].params)))
     order = names[1] if len(names) > 1 else names[0]
     return sorted(members, key=lambda m: (m.values[order], -m.values.get("accuracy", 0)))
+
+
+def _hv2(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by 2-D points (both minimised) inside the box below ``ref``."""
+    area, best_y = 0.0, ref[1]
+    for x, y in sorted(p for p in points if p[0] < ref[0] and p[1] < ref[1]):
+        if y < best_y:
+            area += (ref[0] - x) * (best_y - y)
+            best_y = y
+    return area
+
+
+def hypervolume(points: list[list[float]], directions: list[str], reference: list[float]) -> float:
+    """Hypervolume of ``points`` against ``reference`` (2 or 3 objectives; directions as Optuna's).
+
+    Points not strictly better than the reference in every objective add nothing. For three
+    objectives the volume is summed over slices along the first one (exact, O(n^2 log n))."""
+    signs = [1.0 if d in ("maximize", "MAXIMIZE") else -1.0 for d in directions]
+    # Minimise everything: a maximised objective is negated.
+    pts = [tuple(-s * v for s, v in zip(signs, p)) for p in points]
+    ref = tuple(-s * v for s, v in zip(signs, reference))
+    pts = [p for p in pts if all(a < b for a, b in zip(p, ref))]
+    if len(ref) == 2:
+        return _hv2([(p[0], p[1]) for p in pts], (ref[0], ref[1]))
+    if len(ref) != 3:
+        raise ValueError(f"hypervolume of 2 or 3 objectives, got {len(ref)}")
+    pts.sort()
+    volume = 0.0
+    for i, p in enumerate(pts):
+        upper = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
+        if upper > p[0]:
+            volume += (upper - p[0]) * _hv2([(q[1], q[2]) for q in pts[: i + 1]], (ref[1], ref[2]))
+    return volume
+

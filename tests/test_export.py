@@ -363,3 +363,18 @@ def test_mistranslated_onnx_is_refused_not_written(tmp_path: Path):
                  {"image_size": 1, "in_channels": 3}, tmp_path, "trial_4")
     assert entry["onnx"] == "models/trial_4.onnx" and entry["onnx_check"].startswith("same outputs")
     assert (tmp_path / "trial_4.onnx").stat().st_size > 0
+
+
+def test_proxy_scores_get_a_csv_column_each(tmp_path: Path):
+    study = _new_study(tmp_path)
+    _add(study, "trained", [0.8, 2e6, 2e4], proxies={"synflow": 1.5e30, "naswot": 410.25})
+    _add(study, "trained", [0.9, 3e6, 3e4], proxies={"synflow": None, "naswot": 399.5})
+    _add(study, "trained", [0.7, 1e6, 1e4])  # recorded before proxies were switched on
+    doc = export_study(study, tmp_path / "out", log=lambda _: None)
+    assert {m["trial"]: m["proxies"] for m in doc["members"]} == {
+        0: {"synflow": 1.5e30, "naswot": 410.25}, 1: {"synflow": None, "naswot": 399.5}, 2: {}}
+    with open(tmp_path / "out" / "pareto.csv", newline="") as f:
+        rows = {int(r["trial"]): r for r in csv.DictReader(f)}
+    assert [k for k in rows[0] if k.startswith("proxy_")] == ["proxy_synflow", "proxy_naswot"]
+    assert float(rows[0]["proxy_synflow"]) == 1.5e30 and rows[1]["proxy_synflow"] == ""
+    assert rows[2]["proxy_naswot"] == ""

@@ -344,12 +344,13 @@ class Sweep:
             score = (rec.proxies or {}).get(self.cfg.prescreen.proxy)
             self.scored.append(Candidate(p.number, score, rec.macs, rec.params))
 
-    def _screen_pool(self, study: optuna.Study) -> None:
-        """Train the pool's best for their cost (at most what the budget has left), screen the rest."""
+    def _screen_pool(self, study: optuna.Study, release: bool = False) -> None:
+        """Train the pool's best for their cost (at most what the budget has left), screen the rest.
+        ``release``: the sweep is over (time limit): release the pool without judging it."""
         s = self.cfg.prescreen
         pool, self.pool = self.pool, []
         budget_left = self.policy.budget_left(len(self.inflight) + len(self.ready))
-        if budget_left <= 0:  # proposals priced after the budget filled up: released, not judged
+        if budget_left <= 0 or release:  # priced after the budget filled up or the time ran out
             for p, rec in pool:
                 self._tell_without_training(study, p.trial, TrialStatus.SURPLUS, None, rec)
                 self.policy.finished(p.key, p.number, TrialStatus.SURPLUS)
@@ -479,7 +480,8 @@ class Sweep:
             if not self.inflight and not self.pending and not self.ready:
                 if not self.pool:
                     break
-                self._screen_pool(study)  # no more proposals come: choose from what the pool holds
+                # No more proposals come: choose from what the pool holds, unless the time is up.
+                self._screen_pool(study, release=out_of_time)
                 continue
             for event in self.backend.next_events(timeout=None):
                 self._handle(study, event)
