@@ -47,7 +47,10 @@ def describe_study(cfg: StudyConfig, samples: int = 300) -> str:
              f"objectives: {', '.join(f'{o} ({d[:3]})' for o, d in zip(cfg.objectives, cfg.directions))}",
              f"budget: {cfg.budget.n_trials} trials; constraints: max_macs {cfg.constraints.max_macs}, "
              f"max_params {cfg.constraints.max_params}, max_latency_ms {cfg.constraints.max_latency_ms}",
-             f"sampler: {cfg.sampler.name} (seed {cfg.sampler.seed})"]
+             f"sampler: {cfg.sampler.name} (seed {cfg.sampler.seed})",
+             f"proxies: {', '.join(cfg.proxies.names) or 'off'}"
+             + (f"; prescreen: train the best {cfg.prescreen.keep:g} of every {cfg.prescreen.pool} proposals "
+                f"by {cfg.prescreen.proxy} for their cost" if cfg.prescreen else "")]
     for name, space in family_spaces(cfg).items():
         size = space_size(space)
         lines.append(f"family {name}: {len(space)} knobs, "
