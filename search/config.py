@@ -75,6 +75,9 @@ class BudgetSection:
 class AshaSection:
     grace_period: int = 1       # epochs every trial gets before it can be stopped
     reduction_factor: int = 3   # keep the top 1/reduction_factor at each rung
+    # "pareto": rank rung results on (accuracy, exact costs); "accuracy": accuracy alone (Ray Tune's
+    # rule). None: pareto when the study has cost objectives, else accuracy.
+    rank: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,8 @@ def _check_values(cfg: StudyConfig) -> None:
                                  f"must be below fidelity.epochs ({cfg.fidelity.epochs}), got {a.grace_period}")
         if a.reduction_factor < 2:
             raise StudyFileError(p, "fidelity.asha.reduction_factor", f"must be >= 2, got {a.reduction_factor}")
+        if a.rank is not None and a.rank not in ("pareto", "accuracy"):
+            raise StudyFileError(p, "fidelity.asha.rank", f"expected 'pareto' or 'accuracy', got {a.rank!r}")
     for key in ("batch_size", "lr"):
         _positive(p, f"train.{key}", getattr(cfg.train, key), allow_none=False)
     _positive(p, "train.weight_decay", cfg.train.weight_decay, allow_none=False, strict=False)

@@ -62,6 +62,7 @@ BAD = [
     (_with("fidelity.asha", {"grace_period": 5}), "fidelity.asha.grace_period", "below fidelity.epochs"),
     (_with("fidelity.asha", {"reduction_factor": 1}), "fidelity.asha.reduction_factor", ">= 2"),
     (_with("fidelity.asha", {"grace": 1}), "fidelity.asha.grace", "unknown key"),
+    (_with("fidelity.asha", {"rank": "hypervolume"}), "fidelity.asha.rank", "expected 'pareto' or 'accuracy'"),
     (_with("objectives", ["accuracy", "flops"]), "objectives[1]", "unknown objective"),
     (_with("objectives", ["macs", "params"]), "objectives", "must include 'accuracy'"),
     (_with("objectives", ["accuracy", "macs", "macs"]), "objectives", "twice"),

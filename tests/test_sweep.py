@@ -182,6 +182,21 @@ def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digi
     assert front == brute
 
 
+def test_pareto_rungs_are_rebuilt_from_the_database_with_costs(tmp_path, ray_local, digits):
+    cfg = _cfg(tmp_path, budget={"n_trials": 6},
+               fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
+               resources={"cpus_per_trial": 1, "max_concurrent": 1})
+    Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lambda _: None).run()
+    study = load_existing_study(cfg.storage_url, "t")
+    rule = Sweep(cfg, data=digits)._rung_rule(study)
+    assert rule.rank == "pareto"  # the default of a study with cost objectives
+    ran = [t for t in study.get_trials() if trial_status(t) in ("trained", "stopped")]
+    expected = sorted((t.user_attrs["record"]["curve"][0], (t.user_attrs["record"]["macs"], t.user_attrs["record"]["params"]))
+                      for t in ran)
+    assert sorted(rule.rungs[1]) == expected and len(expected) == 6
+    assert all(len(t.user_attrs["record"]["curve"]) == 4 for t in ran if trial_status(t) == "trained")
+
+
 def test_second_driver_on_sqlite_study_is_refused(tmp_path):
     import fcntl
     import os

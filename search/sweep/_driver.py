@@ -179,11 +179,20 @@ class Sweep:
         a = self.cfg.fidelity.asha
         if a is None:
             return None
-        rule = Asha(a.grace_period, a.reduction_factor, self.cfg.fidelity.epochs)
+        rank = a.rank or ("pareto" if len(self.cfg.objectives) > 1 else "accuracy")
+        rule = Asha(a.grace_period, a.reduction_factor, self.cfg.fidelity.epochs, rank=rank)
         for t in study.get_trials(deepcopy=False):
             if trial_status(t) in (TrialStatus.TRAINED, TrialStatus.STOPPED):
-                rule.record_curve(read_record(t).curve or [])
+                rec = read_record(t)
+                rule.record_curve(rec.curve or [], self._rung_costs(rec.macs, rec.params))
         return rule
+
+    def _rung_costs(self, macs: int | None, params: int | None) -> tuple:
+        """The exact costs the rung rule ranks on: the study's cost objectives that are known before
+        training (MACs, params); MACs when the study has neither."""
+        table = {"macs": macs, "params": params}
+        names = [o for o in self.cfg.objectives if o in table] or ["macs"]
+        return tuple(table[n] or 0 for n in names)
 
     def _start_policy(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -380,7 +389,9 @@ class Sweep:
                  "eval_test": t.eval_test, "seed": t.seed,
                  "device": "cuda" if res.gpus_per_trial > 0 else "cpu",
                  "threads": max(1, int(res.cpus_per_trial))}
+        cost = self.costs[p.key][0]
         return TrialSpec(number=p.number, family=p.family, knobs=p.knobs_dict, train=train,
+                         rung_costs=self._rung_costs(cost["macs"], cost["params"]),
                          checkpoint_dir=str((self.cfg.run_path / "checkpoints" / p.key).resolve()),
                          max_latency_ms=self.cfg.constraints.max_latency_ms,
                          measure_latency="latency" in self.cfg.objectives, use_gpu=res.gpus_per_trial > 0)

@@ -48,11 +48,13 @@ class TrialSpec:
     max_latency_ms: float | None = None
     measure_latency: bool = False
     use_gpu: bool = False
+    rung_costs: tuple = ()           # the exact costs the rung rule ranks on (MACs, params)
 
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "family": self.family, "knobs": self.knobs, "train": dict(self.train),
                 "checkpoint_dir": self.checkpoint_dir, "max_latency_ms": self.max_latency_ms,
-                "measure_latency": self.measure_latency, "use_gpu": self.use_gpu}
+                "measure_latency": self.measure_latency, "use_gpu": self.use_gpu,
+                "rung_costs": list(self.rung_costs)}
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,12 @@ class _Worker:
     def run(self, spec: dict) -> dict:
         import ray
 
+        costs = tuple(spec.get("rung_costs", ()))
+
         def goes_on(metrics: dict) -> bool:
             if self.rung is None:
                 return True
-            return ray.get(self.rung.should_continue.remote(metrics["epoch"], metrics["val_acc"]))
+            return ray.get(self.rung.should_continue.remote(metrics["epoch"], metrics["val_acc"], costs))
 
         out = run_trial(self.trial_fn, spec, self.data, goes_on)
         out["node"] = ray.get_runtime_context().get_node_id()
@@ -53,8 +55,8 @@ class _RungActor:
     def __init__(self, rule):
         self.rule = rule
 
-    def should_continue(self, epoch: int, accuracy: float) -> bool:
-        return self.rule.should_continue(epoch, accuracy)
+    def should_continue(self, epoch: int, accuracy: float, costs: tuple = ()) -> bool:
+        return self.rule.should_continue(epoch, accuracy, costs)
 
 
 class _Pricer:
