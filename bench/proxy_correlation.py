@@ -9,7 +9,7 @@ correlation with the trained validation accuracy, for each proxy and for params 
 - within equal-cost bins (quartiles of MACs): the mean of the four within-bin correlations, the
   question pre-screening asks (among networks of similar cost, which trains better?);
 - for the cost-adjusted score that ``prescreen`` ranks by (``search.prescreen``: the proxy's residual
-  above its fit on log MACs and log params), overall and within bins.
+  above its fit on log MACs), overall and within bins.
 
 It also times each proxy: per recorded architecture, and on ``condensenetv2-110`` at 32x32 (the goal
 there: under one second each on one thread).
@@ -100,7 +100,7 @@ def main() -> None:
     torch.set_num_threads(1)
     doc = json.loads(Path(args.curves).read_text())
     rows, d = doc["architectures"], doc["provenance"]["data"]
-    root = Path(d["root"])
+    root = Path(d["root"]) if Path(d["root"]).is_absolute() else REPO / d["root"]
     if not root.exists():  # recorded on another checkout: the same arrays in this one's ../shared
         root = Path(os.environ.get("EFFNAS_SHARED", REPO.parent / "shared")) / "data" / "cifar10"
     data = load_data(DataConfig(dataset=d["dataset"], root=root, train_size=d["train_size"], val_size=d["val_size"],

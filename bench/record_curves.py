@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -22,6 +23,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+def _relative(root: str | None) -> str | None:
+    """The data folder relative to the repository root where it can be (the file travels)."""
+    if root is None:
+        return None
+    try:
+        return str(Path(os.path.relpath(Path(root).resolve(), REPO)))
+    except ValueError:
+        return root
 
 
 def main() -> None:
@@ -50,7 +61,8 @@ def main() -> None:
                      "macs": r.macs, "train_params": r.train_params, "train_macs": r.train_macs,
                      "curve": r.curve, "val_acc": r.val_acc, "train_seconds": r.train_seconds})
     doc = {"provenance": {"made_by": "bench/record_curves.py", "study_file": str(Path(args.study).relative_to(REPO)),
-                          "data": dataclasses.asdict(cfg.data), "epochs": cfg.fidelity.epochs,
+                          "data": {**dataclasses.asdict(cfg.data), "root": _relative(cfg.data.root)},
+                          "epochs": cfg.fidelity.epochs,
                           "train": dataclasses.asdict(cfg.train), "sampler": dataclasses.asdict(cfg.sampler),
                           "machine": f"{platform.machine()}, {platform.python_version()}",
                           "wall_seconds_last_run": round(time.time() - started, 1)},
