@@ -332,6 +332,7 @@ class Sweep:
             if constraints and self.cfg.constraints.max_latency_ms is None:
                 set_constraints(p.trial, constraints)  # else set with the measured latency on return
             if self.cfg.prescreen is not None and not p.trial.user_attrs.get("prescreen_kept"):
+                p.queued_at = time.perf_counter()  # waiting in the pool is queueing, not driver work
                 self.pool.append((p, rec))  # chosen (or screened) once the pool is full
                 if len(self.pool) >= self.cfg.prescreen.pool:
                     self._screen_pool(study)
@@ -344,7 +345,7 @@ class Sweep:
         if self.backend.free_slots():
             self._submit(p, rec)
         else:
-            p.queued_at = time.perf_counter()
+            p.queued_at = p.queued_at or time.perf_counter()
             self.ready.append((p, rec))
 
     # -- pre-screening --------------------------------------------------------------------------
