@@ -8,6 +8,7 @@ traceback appears only with ``--debug``. Heavy imports (torch, ray) happen insid
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -113,9 +114,10 @@ def cmd_run(args) -> int:
     if args.n_trials is not None and args.n_trials < 1:
         raise UsageError(f"--n-trials must be >= 1, got {args.n_trials}")
     summary = Sweep(cfg, n_more=args.n_trials).run()
+    # One overhead figure (README, `status`): the summary below prints it, measured from the database.
     print(f"done: {summary.trained} trained, {summary.stopped} stopped early, {summary.failed} failed, "
-          f"{summary.infeasible} infeasible, {summary.duplicate} duplicates in {summary.wall_seconds:.1f}s; "
-          f"driver overhead {summary.overhead_ms_per_trial:.1f} ms per proposal")
+          f"{summary.infeasible} infeasible, {summary.duplicate} duplicates"
+          + (f", {summary.screened} screened" if summary.screened else "") + f" in {summary.wall_seconds:.1f}s")
     from search.status import print_status
     from search.storage import load_existing_study
 
@@ -155,6 +157,7 @@ COMMANDS: dict[str, Callable] = {
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m search", description="effnas: NAS sweeps over efficient CNN families")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"effnas {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     r = sub.add_parser("run", help="run or resume a study")
     r.add_argument("study", help="study YAML file")
@@ -183,6 +186,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("effnas")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _show_causes(error: BaseException) -> None:
     """Messages are raised ``from`` their cause; with --debug the whole chain is printed, including
     causes a message hid on purpose (``from None``) because the message says it all."""
@@ -202,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe surfaces here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # `... | head` closed the pipe: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout on exit
+        return 0
     except EffnasError as e:
         if args.debug:
             _show_causes(e)

@@ -87,3 +87,27 @@ def test_validate_shipped_quickstart(capsys):
     assert main(["validate", str(REPO / "studies" / "quickstart.yaml"), "--samples", "20"]) == 0
     out = capsys.readouterr().out
     assert "family" in out and "cheapest" in out
+
+
+def test_version_is_printed_and_exits_0(capsys):
+    from importlib.metadata import version
+
+    from search.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"effnas {version('effnas')}"
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path):
+    """`python -m search arch NAME | head -1`: the pipe closes before the output is written."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "search", "arch", "condensenetv2-110", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    proc.stdout.close()  # the reader is gone before anything was printed
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
