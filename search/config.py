@@ -122,8 +122,9 @@ class RaySection:
 
 @dataclass(frozen=True)
 class ProxiesSection:
-    # Zero-cost proxies scored for every proposal (PROXIES: all). Off by default: 0.4-2 s per
-    # mid-sized CIFAR network on one CPU thread; `prescreen:` switches its own proxy on.
+    # Zero-cost proxies scored for every proposal (PROXIES: all). Off by default: all four cost
+    # 0.4-2 s per proposal of the default (wide) spaces on one CPU thread, far more than the
+    # driver's own work; `prescreen:` switches its own proxy on.
     names: tuple = ()
     batch_size: int = 32             # training images they are computed on (seeded, fixed per study)
     max_macs: float = 2.0e9          # networks above this are not scored (the score would cost minutes)

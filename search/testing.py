@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 
-__all__ = ["cheap_trial", "curve_trial", "failing_trial", "nonfinite_trial", "dying_trial"]
+__all__ = ["cheap_trial", "curve_trial", "failing_trial", "nonfinite_trial", "dying_trial", "sleeping_trial"]
 
 
 def _pseudo_accuracy(spec: dict) -> float:
@@ -53,3 +53,11 @@ def nonfinite_trial(spec: dict, data, report) -> dict:
 def dying_trial(spec: dict, data, report) -> dict:
     """The worker process dies (as under the OOM killer or SIGKILL)."""
     os._exit(1)
+
+
+def sleeping_trial(spec: dict, data, report) -> dict:
+    """Trains "for ever" (a minute): for tests that stop a running trial."""
+    import time
+
+    time.sleep(60)
+    return cheap_trial(spec, data, report)

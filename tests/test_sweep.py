@@ -165,10 +165,14 @@ def test_final_failures_count_against_the_budget_on_resume(tmp_path, ray_local, 
     assert _statuses(cfg) == ["failed", "failed", "trained"]
 
 
+def _asha_cfg(tmp_path, n_trials: int):
+    return _cfg(tmp_path, budget={"n_trials": n_trials},
+                fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
+                resources={"cpus_per_trial": 1, "max_concurrent": 1})
+
+
 def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 10},
-               fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
-               resources={"cpus_per_trial": 1, "max_concurrent": 1})
+    cfg = _asha_cfg(tmp_path, 10)
     Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lambda _: None).run()
     study = load_existing_study(cfg.storage_url, "t")
     stopped = [t for t in study.get_trials() if trial_status(t) == "stopped"]
@@ -183,9 +187,7 @@ def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digi
 
 
 def test_pareto_rungs_are_rebuilt_from_the_database_with_costs(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 6},
-               fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
-               resources={"cpus_per_trial": 1, "max_concurrent": 1})
+    cfg = _asha_cfg(tmp_path, 6)
     Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lambda _: None).run()
     study = load_existing_study(cfg.storage_url, "t")
     rule = Sweep(cfg, data=digits)._rung_rule(study)
@@ -282,3 +284,20 @@ def test_progress_lines_show_counts_and_best_so_far(tmp_path, ray_local, digits)
     more: list[str] = []
     Sweep(cfg, n_more=1, trial_fn=testing.cheap_trial, data=digits, log=more.append).run()
     assert any("best acc" in ln for ln in more if " trained " in ln)
+
+
+def test_the_actors_backend_cancels_a_running_trial(ray_local, digits):
+    from search.sweep.backends import Finished, TrialSpec
+    from search.sweep.backends.actors import ActorsBackend
+
+    backend = ActorsBackend(1, 0, 1, price_fn=lambda family, knobs: ({}, {}, {}),
+                            trial_fn=testing.sleeping_trial)
+    assert backend.start(digits, None) == 1
+    backend.submit(7, TrialSpec(number=7, family="rsnet", knobs={}, train={"epochs": 1}, checkpoint_dir="/tmp"))
+    assert backend.free_slots() == 0
+    backend.cancel(7)
+    (event,) = backend.next_events(timeout=60)
+    assert isinstance(event, Finished) and event.token == 7
+    assert event.result["status"] == "failed" and event.result["failure_kind"] == "worker_died"
+    assert backend.free_slots() == 1  # a new actor took the slot
+    backend.close()

@@ -12,7 +12,8 @@ What Optuna's public API cannot do, and where effnas reaches inside:
   ``RDBStorage._set_trial_param_without_commit``, ``storages._rdb.models``, swapping
   ``Trial.storage``). Fallback: Optuna's per-parameter writes (same rows, slower).
 - ``fail_trial``: user attributes and FAIL on a trial this driver holds no ``Trial`` for (storage
-  setters by id). Fallback: a public ``optuna.Trial`` for it and ``Study.tell`` by number.
+  setters by id). Fallback: an ``optuna.Trial`` for it (built from its id, see ``trial_id``) and
+  ``Study.tell`` by number.
 - ``stale_trial_callback_kwargs``: the RDBStorage argument renamed in Optuna 4.9 (public either way,
   found by signature).
 
@@ -194,8 +195,8 @@ def record_heartbeat(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
     """Write ``attrs`` as user attributes of a RUNNING trial this driver holds no ``Trial`` for,
-    then mark it failed. Private: the storage's setters by trial id. Fallback: a public
-    ``optuna.Trial`` for it and ``Study.tell`` by trial number."""
+    then mark it failed. Private: the storage's setters by trial id. Fallback: an ``optuna.Trial``
+    for it (its id still comes from ``trial_id``) and ``Study.tell`` by trial number."""
     if FORCE_PUBLIC:
         live = optuna.Trial(study, trial_id(trial))
         for key, value in attrs.items():

@@ -76,8 +76,10 @@ class SweepPolicy:
                 key = read_record(t).arch_key
                 if key:
                     self.trained.setdefault(key, (t.number, list(t.values) if t.values else None))
-            elif t.state == TrialState.RUNNING and key_of_pending(t) and key_of_pending(t) not in self.started:
-                self.others_running.add(key_of_pending(t))
+            elif t.state == TrialState.RUNNING:
+                pending = pending_arch_key(t)
+                if pending and pending not in self.started:
+                    self.others_running.add(pending)
 
     # -- one proposal -----------------------------------------------------------------------------
     def decide(self, number: int, key: str, constraints: dict[str, float]) -> Decision:
@@ -139,7 +141,3 @@ class SweepPolicy:
             return False
         self.stalls += 1
         return True
-
-
-def key_of_pending(trial: FrozenTrial) -> str | None:
-    return pending_arch_key(trial)

@@ -202,11 +202,13 @@ class ActorsBackend:
         return Finished(token, out)
 
     def cancel(self, token: int) -> None:
+        """Stop a training trial: its actor is killed (Ray cannot force-cancel an actor task); the
+        trial comes back as a ``Finished`` failure and a new actor takes the slot."""
         import ray
 
-        for future, (t, _) in list(self.busy.items()):
+        for t, worker in list(self.busy.values()):
             if t == token:
-                ray.cancel(future, force=True)
+                ray.kill(worker, no_restart=True)
 
     def close(self) -> None:
         self.idle, self.busy, self.pricing = [], {}, {}
