@@ -138,6 +138,12 @@ class PrescreenSection:
 
 
 @dataclass(frozen=True)
+class WarmStartSection:
+    storage: str                     # SQLAlchemy URL of the other study's database
+    study: str                       # its study name
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     study: str
     families: dict                   # family name -> FamilySection
@@ -153,6 +159,8 @@ class StudyConfig:
     ray: RaySection = field(default_factory=RaySection)
     proxies: ProxiesSection = field(default_factory=ProxiesSection)
     prescreen: Optional[PrescreenSection] = None  # None: every feasible new proposal is trained
+    seeds: tuple = ()                # preset names or {family, knobs, name}; search.seeds.Seed once parsed
+    warm_start: Optional[WarmStartSection] = None  # import another study's trained trials (search.warm_start)
     storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
     run_dir: Optional[str] = None    # default runs/<study> next to the study file's working dir
     path: str = "<memory>"           # the study file it came from (not a YAML key)
@@ -369,6 +377,16 @@ def _check_proxies(cfg: StudyConfig) -> None:
                                              "remove `prescreen:` to share the study between drivers")
 
 
+def _check_seeds(cfg: StudyConfig) -> tuple:
+    from search.seeds import parse_seeds
+
+    seeds = parse_seeds(cfg.seeds, cfg.families, cfg.path)
+    if len(seeds) > cfg.budget.n_trials:
+        raise StudyFileError(cfg.path, "budget.n_trials", f"is {cfg.budget.n_trials}, fewer than the {len(seeds)} "
+                                                         f"seeds, which are trained first; raise it or drop seeds")
+    return seeds
+
+
 def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) -> StudyConfig:
     """Validate a study mapping (already read from YAML) into a :class:`StudyConfig`."""
     if not isinstance(raw, dict):
@@ -377,6 +395,7 @@ def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) 
     cfg = dataclasses.replace(cfg, path=path)
     _check_values(cfg)
     cfg = dataclasses.replace(cfg, families=_check_families(cfg))
+    cfg = dataclasses.replace(cfg, seeds=_check_seeds(cfg))
     if cfg.prescreen is not None and not cfg.proxies.names:  # the screening proxy is scored at least
         cfg = dataclasses.replace(cfg, proxies=dataclasses.replace(cfg.proxies, names=(cfg.prescreen.proxy,)))
     if base_dir is not None and cfg.data.root and not Path(cfg.data.root).is_absolute():

@@ -1,11 +1,13 @@
 """The Pareto front of a study, computed from the database alone.
 
 Only like is compared with like: members are trials that trained to full fidelity (status
-``trained``, state COMPLETE, feasible). Infeasible proposals, duplicates (they mirror an original)
+``trained``, state COMPLETE, feasible), here or, imported by ``warm_start``, in another study at
+the same fidelity (status ``imported``). Infeasible proposals, duplicates (they mirror an original)
 and trials ASHA stopped early are not on the front.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import optuna
@@ -13,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.record import TrialRecord, TrialStatus, read_record, trial_status
 
-__all__ = ["FrontMember", "front_candidates", "non_dominated", "pareto_front", "objectives_of", "hypervolume"]
+__all__ = ["FrontMember", "front_candidates", "non_dominated", "pareto_front", "objectives_of", "hypervolume",
+           "dominates", "front_hypervolumes"]
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,10 @@ def objectives_of(study: optuna.Study) -> list[str]:
 
 def front_candidates(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if trial_status(t) == TrialStatus.TRAINED]
+            if trial_status(t) in (TrialStatus.TRAINED, TrialStatus.IMPORTED)]
 
 
-def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
+def dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
     """``a`` dominates ``b``: no worse everywhere, better somewhere (signs: +1 maximise, -1 minimise)."""
     no_worse = all(s * x >= s * y for x, y, s in zip(a, b, signs))
     return no_worse and any(s * x > s * y for x, y, s in zip(a, b, signs))
@@ -44,7 +47,7 @@ def non_dominated(points: list[list[float]], directions: list[str]) -> list[int]
     """Indices of the non-dominated points; identical points are all kept."""
     signs = [1 if d in ("maximize", "MAXIMIZE") else -1 for d in directions]
     return [i for i, p in enumerate(points)
-            if not any(_dominates(q, p, signs) for j, q in enumerate(points) if j != i)]
+            if not any(dominates(q, p, signs) for j, q in enumerate(points) if j != i)]
 
 
 def pareto_front(study: optuna.Study) -> list[FrontMember]:
@@ -95,3 +98,27 @@ def hypervolume(points: list[list[float]], directions: list[str], reference: lis
             volume += (upper - p[0]) * _hv2([(q[1], q[2]) for q in pts[: i + 1]], (ref[1], ref[2]))
     return volume
 
+
+
+def _log_space(values: list[float], directions: list[str]) -> list[float]:
+    """Costs on a log10 scale (MACs and params span decades); accuracy as it is."""
+    return [v if d == "maximize" else math.log10(max(v, 1e-12)) for v, d in zip(values, directions)]
+
+
+def front_hypervolumes(study: optuna.Study, front: list[FrontMember], seeds: list[dict]) -> dict | None:
+    """Hypervolume of the front and of the seeds alone, at one reference point, so that the two
+    compare: accuracy as it is against 0, each cost as log10 against 0.1 decade above the largest
+    value of any front member or seed. None when the study has no front or no trained seed."""
+    directions = [d.name.lower() for d in study.directions]
+    if len(directions) not in (2, 3):
+        return None
+    seed_points = [list(s["values"].values()) for s in seeds if s.get("values")]
+    if not front or not seed_points:
+        return None
+    front_points = [list(m.values.values()) for m in front]
+    logged = [_log_space(p, directions) for p in front_points + seed_points]
+    reference = [0.0 if d == "maximize" else max(p[i] for p in logged) + 0.1 for i, d in enumerate(directions)]
+    hv_front = hypervolume([_log_space(p, directions) for p in front_points], directions, reference)
+    hv_seeds = hypervolume([_log_space(p, directions) for p in seed_points], directions, reference)
+    return {"front": hv_front, "seeds": hv_seeds, "ratio": hv_front / hv_seeds if hv_seeds > 0 else None,
+            "reference": reference, "space": "accuracy; log10 of each cost"}

@@ -15,7 +15,7 @@ from typing import Any
 from search.config import StudyConfig
 from search.record import arch_key
 
-__all__ = ["Proposal", "family_spaces", "propose"]
+__all__ = ["Proposal", "family_spaces", "propose", "seed_proposal"]
 
 
 @dataclass
@@ -58,4 +58,16 @@ def propose(trial, spaces: dict[str, dict], fidelity: dict) -> Proposal:
     """One architecture drawn through ``trial``, with its JSON knobs and dedup key."""
     family, knobs = draw(trial, spaces)
     knobs_dict = json.loads(json.dumps(dataclasses.asdict(knobs)))
+    return Proposal(trial, family, knobs, knobs_dict, arch_key(family, knobs_dict, fidelity))
+
+
+def seed_proposal(trial, spaces: dict[str, dict], fidelity: dict) -> Proposal:
+    """The seed a queued ``trial`` carries (``search.seeds``): its family is the trial's one
+    parameter, its knobs come from the trial's user attributes instead of a draw."""
+    from search.seeds import SEED_KNOBS_ATTR
+    from space.registry import get_family
+
+    family = trial.suggest_categorical("family", sorted(spaces))
+    knobs_dict = trial.user_attrs[SEED_KNOBS_ATTR]
+    knobs = get_family(family).knobs_from_dict(knobs_dict)
     return Proposal(trial, family, knobs, knobs_dict, arch_key(family, knobs_dict, fidelity))

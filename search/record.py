@@ -37,6 +37,7 @@ class TrialStatus(str, enum.Enum):
     FAILED = "failed"          # the worker raised, diverged or died
     SURPLUS = "surplus"        # asked after other drivers had taken the budget; released
     SCREENED = "screened"      # not chosen by pre-screening (zero-cost proxy for its cost); never trained
+    IMPORTED = "imported"      # trained by another study at this fidelity (warm_start); never trained here
     RUNNING = "running"        # asked and not finished (priced, queued or training)
     WAITING = "waiting"        # queued by enqueue_trial (a retry), not asked yet
 

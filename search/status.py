@@ -6,8 +6,9 @@ from collections import Counter
 import optuna
 from optuna.trial import TrialState
 
-from search.pareto import objectives_of, pareto_front
+from search.pareto import front_hypervolumes, objectives_of, pareto_front
 from search.record import read_record, trial_status
+from search.seeds import seed_entries
 
 __all__ = ["status_dict", "print_status"]
 
@@ -34,6 +35,7 @@ def status_dict(study: optuna.Study) -> dict:
     records = [read_record(t) for t in trials]
     wall, train = _seconds(trials, records)
     front = pareto_front(study)
+    seeds = seed_entries(study, front)
     return {
         "study": study.study_name,
         "objectives": objectives_of(study),
@@ -48,6 +50,8 @@ def status_dict(study: optuna.Study) -> dict:
         "pareto": [{"number": m.number, "family": m.family, "values": m.values,
                     "test_acc": m.record.test_acc, "epochs": m.record.epochs,
                     "proxies": dict(m.record.proxies or {})} for m in front],
+        "seeds": seeds,
+        "hypervolume": front_hypervolumes(study, front, seeds),
     }
 
 
@@ -67,3 +71,18 @@ def print_status(study: optuna.Study) -> None:
         vals = "  ".join(f"{k} {v:.4f}" if k == "accuracy" else f"{k} {v:,.0f}" for k, v in m["values"].items())
         proxies = "  ".join(f"{k} {v:.3g}" for k, v in m["proxies"].items() if v is not None)
         print(f"  #{m['number']:<5d} {m['family']:12s} {vals}" + (f"  | {proxies}" if proxies else ""))
+    _print_seeds(s)
+
+
+def _print_seeds(s: dict) -> None:
+    if not s["seeds"]:
+        return
+    print(f"seeds ({len(s['seeds'])}):")
+    for e in s["seeds"]:
+        verdict = (f"dominated by #{e['dominated_by']}" + (f" (and {e['n_dominating'] - 1} more)" if e["n_dominating"] > 1 else "")
+                   if e["dominated_by"] is not None else "on the front" if e["values"] else e["status"])
+        print(f"  {e['name']:24s} trial #{e['trained_in']:<5d} {e['family']:12s} {verdict}")
+    hv = s["hypervolume"]
+    if hv:
+        ratio = f" ({hv['ratio']:.2f}x)" if hv["ratio"] else ""
+        print(f"hypervolume ({hv['space']}): front {hv['front']:.4f}, seeds alone {hv['seeds']:.4f}{ratio}")

@@ -38,7 +38,8 @@ from search.export._files import clean, json_text, write_atomic
 from search.export._models import MODEL_FORMAT, export_member_model, load_model
 from search.export._plots import html, png, points_of
 from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
-from search.pareto import FrontMember, front_candidates, objectives_of, pareto_front
+from search.pareto import FrontMember, front_candidates, front_hypervolumes, objectives_of, pareto_front
+from search.seeds import seed_entries
 
 __all__ = ["ExportError", "export_study", "load_model", "MODEL_FORMAT"]
 
@@ -80,6 +81,10 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
         "n_trained": len(front_candidates(study)),
         "members": entries,
     }
+    seeds = seed_entries(study, front)
+    if seeds:
+        doc["seeds"] = seeds
+        doc["hypervolume"] = front_hypervolumes(study, front, seeds)
     points = points_of(study, front)
     title = f"{study.study_name}: {len(front)} front members of {len(points)} trained trials"
     write_atomic(out_dir / "pareto.json", json_text(doc))
@@ -118,4 +123,8 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
         raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None
     log(f"wrote {len(front)} front members ({doc['n_trained']} fully trained trials) to {out_dir}: "
         f"pareto.csv, pareto.json, pareto.html, pareto.png" + (", models/" if models else ""))
+    hv = doc.get("hypervolume")
+    if hv:
+        log(f"hypervolume ({hv['space']}): front {hv['front']:.4f}, seeds alone {hv['seeds']:.4f}; "
+            f"{sum(s['dominated_by'] is not None for s in doc['seeds'])} of {len(doc['seeds'])} seeds dominated")
     return clean(doc)

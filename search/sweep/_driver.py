@@ -22,8 +22,9 @@ from search.config import StudyConfig
 from search.exceptions import DataError, SearchSpaceExhausted
 from search.feasibility import check_budget_reachable, is_feasible, latency_constraint
 from search.prescreen import Candidate, choose
-from search.proposal import Proposal, family_spaces, propose
+from search.proposal import Proposal, family_spaces, propose, seed_proposal
 from search.record import (TrialRecord, TrialStatus, read_record, trial_status, write_pending, write_record)
+from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR, check_seed_costs
 from search.storage import (DriverLock, Heartbeat, budget_lock, check_existing_database, display_url,
                             make_sampler, open_study, params_in_one_write, set_constraints, sqlite_path)
 from search.storage import _optuna_compat as compat
@@ -69,11 +70,12 @@ class _Pricing:
 
 
 def _retry_attrs(trial, attempt: int) -> dict:
-    """User attributes of a re-queued trial: which one it retries, and whether pre-screening had
-    already chosen it (then it is trained without entering another pool)."""
+    """User attributes of a re-queued trial: which one it retries, whether pre-screening had
+    already chosen it (then it is trained without entering another pool), and the seed it trains."""
     attrs = {"retry_of": trial.number, "attempt": attempt}
-    if trial.user_attrs.get("prescreen_kept"):
-        attrs["prescreen_kept"] = True
+    for key in ("prescreen_kept", SEED_ATTR, SEED_KNOBS_ATTR):
+        if key in trial.user_attrs:
+            attrs[key] = trial.user_attrs[key]
     return attrs
 
 
@@ -138,6 +140,11 @@ class Sweep:
         self.spaces = family_spaces(self.cfg)
         self.fidelity = self.cfg.fidelity_key()
         check_budget_reachable(self.cfg, self.spaces, self.data_meta)
+        check_seed_costs(self.cfg, self.data_meta)
+        if self.cfg.warm_start is not None:
+            from search.warm_start import check_source
+
+            check_source(self.cfg)
         check_existing_database(self.cfg)
 
     def _default_backend(self) -> Backend:
@@ -181,8 +188,9 @@ class Sweep:
             return None
         rank = a.rank or ("pareto" if len(self.cfg.objectives) > 1 else "accuracy")
         rule = Asha(a.grace_period, a.reduction_factor, self.cfg.fidelity.epochs, rank=rank)
-        for t in study.get_trials(deepcopy=False):
-            if trial_status(t) in (TrialStatus.TRAINED, TrialStatus.STOPPED):
+        for t in study.get_trials(deepcopy=False):  # seeds never meet the rung rule (see _spec)
+            status = trial_status(t)
+            if status in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.IMPORTED) and SEED_ATTR not in t.user_attrs:
                 rec = read_record(t)
                 rule.record_curve(rec.curve or [], self._rung_costs(rec.macs, rec.params))
         return rule
@@ -214,7 +222,12 @@ class Sweep:
         with DriverLock(self.cfg.storage_url, self.cfg.path, self.cfg.study):
             study = open_study(self.cfg, sampler=self.sampler)
             recovered = self._recover(study)
+            if self.cfg.warm_start is not None:
+                from search.warm_start import import_trials
+
+                self.log(import_trials(self.cfg, study, self.spaces, self.fidelity, self.data_meta).message())
             self._start_policy(study)
+            self._enqueue_seeds(study)
             used, target = self.policy.used, self.policy.target
             self.log(f"study {self.cfg.study!r} in {display_url(self.cfg.storage_url)}: {used} of {target} "
                      f"trials done" + (f", {recovered} interrupted trial(s) re-queued" if recovered else ""))
@@ -236,6 +249,21 @@ class Sweep:
         s.wall_seconds = time.perf_counter() - self.progress.started
         s.overhead_ms_per_trial = 1000 * self.overhead_s / max(1, s.proposals)
         return s
+
+    def _enqueue_seeds(self, study: optuna.Study) -> None:
+        """Queue every seed no trial carries yet (a seed trained, running, queued or failed is its
+        own lineage: retries carry it on). Queued trials are asked before the sampler is, so the seeds
+        are trained first."""
+        if not self.cfg.seeds:
+            return
+        with budget_lock(study, self.cfg.storage_url):  # two drivers starting together queue each seed once
+            known = {t.user_attrs.get(SEED_ATTR) for t in study.get_trials(deepcopy=False)}
+            new = [s for s in self.cfg.seeds if s.name not in known]
+            for seed in new:
+                study.enqueue_trial({"family": seed.family}, skip_if_exists=False,
+                                    user_attrs={SEED_ATTR: seed.name, SEED_KNOBS_ATTR: seed.knobs_dict})
+        if new:
+            self.log(f"{len(new)} seed(s) queued to train first: {', '.join(s.name for s in new)}")
 
     def _held_trials(self) -> list:
         """The trials whose heartbeat this driver keeps: training or priced and waiting for a slot."""
@@ -279,7 +307,10 @@ class Sweep:
             study.tell(trial, state=TrialState.PRUNED)
             return
         with params_in_one_write(trial):
-            proposal = propose(trial, self.spaces, self.fidelity)
+            if SEED_KNOBS_ATTR in trial.user_attrs:
+                proposal = seed_proposal(trial, self.spaces, self.fidelity)
+            else:
+                proposal = propose(trial, self.spaces, self.fidelity)
         faults.checkpoint("proposed")
         if proposal.key in self.costs:
             self._decide(study, proposal)
@@ -395,7 +426,9 @@ class Sweep:
                          rung_costs=self._rung_costs(cost["macs"], cost["params"]),
                          checkpoint_dir=str((self.cfg.run_path / "checkpoints" / p.key).resolve()),
                          max_latency_ms=self.cfg.constraints.max_latency_ms,
-                         measure_latency="latency" in self.cfg.objectives, use_gpu=res.gpus_per_trial > 0)
+                         measure_latency="latency" in self.cfg.objectives, use_gpu=res.gpus_per_trial > 0,
+                         # A seed is a reference: stopped at a rung, it would say nothing about the search.
+                         early_stopping=SEED_ATTR not in p.trial.user_attrs)
 
     def _submit(self, p: Proposal, rec: TrialRecord) -> None:
         # Time spent waiting for a worker is queueing, not driver work: `status` leaves it out.

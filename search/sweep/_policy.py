@@ -72,7 +72,7 @@ class SweepPolicy:
         self.others_running = set()
         for t in trials:
             status = trial_status(t)
-            if status in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.SCREENED):
+            if status in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.SCREENED, TrialStatus.IMPORTED):
                 key = read_record(t).arch_key
                 if key:
                     self.trained.setdefault(key, (t.number, list(t.values) if t.values else None))

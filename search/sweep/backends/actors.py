@@ -39,7 +39,7 @@ class _Worker:
         costs = tuple(spec.get("rung_costs", ()))
 
         def goes_on(metrics: dict) -> bool:
-            if self.rung is None:
+            if self.rung is None or not spec.get("early_stopping", True):
                 return True
             return ray.get(self.rung.should_continue.remote(metrics["epoch"], metrics["val_acc"], costs))
 
