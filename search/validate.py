@@ -36,6 +36,23 @@ def _extremes(cfg: StudyConfig, name: str, space: dict, samples: int) -> list[st
     return lines
 
 
+def _seed_lines(cfg: StudyConfig) -> list[str]:
+    """Each seed's costs at the study's data shape; a seed over the limits fails here as in `run`."""
+    from search.feasibility import price
+    from search.seeds import check_seed_costs
+
+    if not cfg.seeds:
+        return []
+    classes, native, channels = _NATIVE[cfg.data.dataset]
+    meta = {"num_classes": classes, "image_size": cfg.data.image_size or native, "in_channels": channels}
+    check_seed_costs(cfg, meta)
+    lines = [f"seeds ({len(cfg.seeds)}, trained first):"]
+    for seed in cfg.seeds:
+        cost, _ = price(cfg, seed.family, seed.knobs, meta)
+        lines.append(f"    {seed.name:24s} {seed.family:12s} {cost['macs']:,} MACs, {cost['params']:,} params")
+    return lines
+
+
 def describe_study(cfg: StudyConfig, samples: int = 300) -> str:
     from space.knobs import describe_distribution, space_size
 
@@ -51,6 +68,7 @@ def describe_study(cfg: StudyConfig, samples: int = 300) -> str:
              f"proxies: {', '.join(cfg.proxies.names) or 'off'}"
              + (f"; prescreen: train the best {cfg.prescreen.keep:g} of every {cfg.prescreen.pool} proposals "
                 f"by {cfg.prescreen.proxy} for their cost" if cfg.prescreen else "")]
+    lines += _seed_lines(cfg)
     for name, space in family_spaces(cfg).items():
         size = space_size(space)
         lines.append(f"family {name}: {len(space)} knobs, "

@@ -34,7 +34,7 @@ class ImportReport:
     skipped: Counter = field(default_factory=Counter)  # reason -> count
 
     def message(self) -> str:
-        why = "; ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        why = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
         return (f"warm start from study {self.source!r}: imported {self.imported} trained trial(s)"
                 + (f", {self.already} imported by an earlier run" if self.already else "")
                 + (f"; skipped {sum(self.skipped.values())}: {why}" if self.skipped else ""))
@@ -49,7 +49,8 @@ def _source(cfg) -> optuna.Study:
     try:
         return load_existing_study(w.storage, w.study)
     except StorageError as e:
-        raise StudyFileError(cfg.path, "warm_start", f"{e}") from None
+        raise StudyFileError(cfg.path, "warm_start", f"cannot import from study {w.study!r} ({e}); point "
+                                                     f"warm_start.storage and warm_start.study at a study that has run") from None
 
 
 def check_source(cfg) -> None:

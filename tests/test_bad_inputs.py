@@ -72,6 +72,28 @@ STUDY_CASES = [
     ("prescreen-proxy", _study(prescreen={"proxy": "snip"}, proxies={"names": ["synflow"]}), [],
      "prescreen.proxy: 'snip' is not scored"),
     ("n-trials-zero", _study(), ["--n-trials", "0"], "--n-trials must be >= 1"),
+    ("seed-unknown-preset", _study(seeds=["rsnet-999"]), [], "seeds[0]: unknown preset 'rsnet-999'"),
+    ("seed-family-not-searched", _study(seeds=["igcv2-c64-d8"]), [], "does not search 'igcv2'"),
+    ("seed-unknown-family", _study(seeds=[{"family": "resnet", "knobs": {}}]), [], "seeds[0].family: unknown family"),
+    ("seed-unknown-knob", _study(seeds=[{"family": "rsnet", "knobs": {"depth": 3}}]), [],
+     "seeds[0].knobs: unknown knob(s) ['depth']"),
+    ("seed-invalid-knob", _study(seeds=[{"family": "rsnet", "knobs": {"groups": 0}}]), [], "seeds[0].knobs:"),
+    ("seed-outside-range", _study(families={"rsnet": {"knobs": {"stem_channels": [16, 32]}}}, seeds=["rsnet-115"]), [],
+     "has stem_channels = 48, outside the study's range families.rsnet.knobs.stem_channels"),
+    ("seed-stage-outside-range", _study(families={"rsnet": {"knobs": {"units.0": [1, 4]}}}, seeds=["rsnet-115"]), [],
+     "has units.0 = "),
+    ("seed-name-twice", _study(seeds=["rsnet-115", {"family": "rsnet", "knobs": {}, "name": "rsnet-115"}]), [],
+     "seeds[1]: seed name 'rsnet-115' is used twice"),
+    ("seed-unknown-key", _study(seeds=[{"family": "rsnet", "knob": {}}]), [], "seeds[0].knob: unknown key"),
+    ("seed-not-a-design", _study(seeds=[3]), [], "seeds[0]: expected a preset name or"),
+    ("seeds-over-budget", _study(seeds=["rsnet-115", "rsnet-135", "rsnet-195"]), [],
+     "budget.n_trials: is 2, fewer than the 3 seeds"),
+    ("seed-over-constraints", _study(constraints={"max_macs": 1.0e6}, seeds=["rsnet-115"]), [],
+     "seeds[0]: seed 'rsnet-115' breaks the study's constraints at 8x8 (macs 3,672,272 > 1,000,000)"),
+    ("warm-start-missing-study", _study(warm_start={"storage": "sqlite:///other.db", "study": "gone"}), [],
+     "warm_start:"),
+    ("warm-start-missing-key", _study(warm_start={"storage": "sqlite:///other.db"}), [],
+     "warm_start.study: required key is missing"),
 ]
 
 
@@ -135,3 +157,12 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     path.write_text(yaml.safe_dump(_study(budget__n_trials=0)))
     with pytest.raises(Exception, match="budget.n_trials"):
         main(["--debug", "run", str(path)])
+
+
+@pytest.mark.parametrize("case_id,content,extra,message",
+                         [c for c in STUDY_CASES if c[0].startswith("seed")], ids=lambda c: str(c)[:40])
+def test_validate_refuses_every_bad_seed_as_run_does(case_id, content, extra, message, tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(content))
+    assert main(["validate", str(path), "--samples", "5"]) == 1
+    assert message in capsys.readouterr().err

@@ -4,7 +4,8 @@ Each case starts a real driver process on a tiny study (stand-in trials, so the 
 orchestration, not training), kills it with SIGKILL at one point of its loop through
 ``EFFNAS_KILL_AT``, checks the study is in a state a dead driver can leave, and runs the driver
 again to the end. The study must then hold exactly ``n_trials`` trained trials, none RUNNING or
-WAITING, every trial trained before the kill unchanged, and no architecture trained twice.
+WAITING, every trial trained before the kill unchanged, no architecture trained twice, and each
+of the study's two seeds trained exactly once.
 The long randomised version is ``bench/fault_injection.py``.
 """
 from __future__ import annotations
@@ -42,6 +43,8 @@ def write_study(tmp_path: Path) -> Path:
         "data": {"dataset": "digits", "val_size": 200},
         "families": {"igcv2": {}, "rsnet": {"knobs": {"units.0": [1, 2], "units.1": [1, 2], "units.2": [1, 2],
                                                         "units.3": [1, 2], "units.4": [1, 2], "units.5": [1, 2]}}},
+        # Two seeds (trials 0 and 1): a seed is trained once, whatever moment the driver was killed at.
+        "seeds": ["igcv2-c64-d8", {"family": "rsnet", "name": "rsnet-1x6", "knobs": {"units": [1] * 6}}],
         "budget": {"n_trials": N_TRIALS}, "fidelity": {"epochs": 1}, "sampler": {"name": "random", "seed": 7},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2},
     }
@@ -84,6 +87,7 @@ def test_driver_killed_then_rerun_loses_nothing(tmp_path, kill_at):
     assert all(after[n] == v for n, v in before.items())  # nothing lost, nothing re-run
     keys = [t.user_attrs["record"]["arch_key"] for t in trained]
     assert len(keys) == len(set(keys))
+    assert sorted(t.user_attrs.get("seed") for t in trained if "seed" in t.user_attrs) == ["igcv2-c64-d8", "rsnet-1x6"]
     # Trials the killed driver left running were failed with a reason and queued again.
     for t in (t for t in trials if t.state == TrialState.FAIL):
         assert "interrupted" in t.user_attrs["failure_reason"]
