@@ -144,7 +144,14 @@ def cmd_export(args) -> int:
 
     name, url = _study_and_storage(args)
     study = load_existing_study(url, name)
-    out = Path(args.out) if args.out else Path("runs") / study.study_name / "export"
+    if args.out:
+        out = Path(args.out)
+    elif args.storage:
+        out = Path("runs") / study.study_name / "export"
+    else:  # next to the study's database, wherever the command runs from
+        from search.config import load_study
+
+        out = load_study(args.study).run_path / "export"
     export_study(study, out, models=args.models)
     return 0
 
@@ -170,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "status":
             s.add_argument("--json", action="store_true")
         else:
-            s.add_argument("--out", help="output folder (default runs/<study>/export)")
+            s.add_argument("--out", help="output folder (default: export/ in the study's run directory)")
             s.add_argument("--models", action="store_true", help="also write deploy weights (+ONNX) of each member")
     v = sub.add_parser("validate", help="check a study file and show what it searches")
     v.add_argument("study")

@@ -162,7 +162,7 @@ class StudyConfig:
     seeds: tuple = ()                # preset names or {family, knobs, name}; search.seeds.Seed once parsed
     warm_start: Optional[WarmStartSection] = None  # import another study's trained trials (search.warm_start)
     storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
-    run_dir: Optional[str] = None    # default runs/<study> next to the study file's working dir
+    run_dir: Optional[str] = None    # default runs/<study>; relative paths: to the study file's folder
     path: str = "<memory>"           # the study file it came from (not a YAML key)
 
     @property
@@ -398,10 +398,43 @@ def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) 
     cfg = dataclasses.replace(cfg, seeds=_check_seeds(cfg))
     if cfg.prescreen is not None and not cfg.proxies.names:  # the screening proxy is scored at least
         cfg = dataclasses.replace(cfg, proxies=dataclasses.replace(cfg.proxies, names=(cfg.prescreen.proxy,)))
-    if base_dir is not None and cfg.data.root and not Path(cfg.data.root).is_absolute():
-        # Relative data roots are relative to the study file, so a study runs from any directory.
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str((base_dir / cfg.data.root).resolve())))
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    _check_sizes(cfg)
     return cfg
+
+
+def _relative_to(base_dir: Path, path: str) -> str:
+    return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+
+
+def _resolve_sqlite(base_dir: Path, url: str | None) -> str | None:
+    prefix = "sqlite:///"
+    if url is None or not url.startswith(prefix) or url[len(prefix):].split("?")[0] in ("", ":memory:"):
+        return url
+    return prefix + _relative_to(base_dir, url[len(prefix):])
+
+
+def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
+    """One rule for relative paths: the data root, the run directory (default ``runs/<study>``) and
+    SQLite storage files (this study's and a warm start's) are relative to the study file's folder,
+    so every command finds the same study from any working directory."""
+    data = cfg.data
+    if data.root:
+        data = dataclasses.replace(data, root=_relative_to(base_dir, data.root))
+    warm = cfg.warm_start
+    if warm is not None:
+        warm = dataclasses.replace(warm, storage=_resolve_sqlite(base_dir, warm.storage))
+    return dataclasses.replace(cfg, data=data, run_dir=_relative_to(base_dir, cfg.run_dir or f"runs/{cfg.study}"),
+                               storage=_resolve_sqlite(base_dir, cfg.storage), warm_start=warm)
+
+
+def _check_sizes(cfg: StudyConfig) -> None:
+    d = cfg.data
+    if d.train_size is not None and d.val_size > d.train_size:
+        raise StudyFileError(cfg.path, "data.val_size", f"is {d.val_size}, more than data.train_size ({d.train_size}): "
+                                                        f"the validation split would outweigh the training set; "
+                                                        f"lower val_size or raise train_size")
 
 
 def load_study(path: str | Path) -> StudyConfig:

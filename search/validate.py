@@ -9,43 +9,51 @@ from search.proposal import family_spaces
 
 __all__ = ["describe_study"]
 
-_NATIVE = {"cifar10": (10, 32, 3), "cifar100": (100, 32, 3), "digits": (10, 8, 1), "mnist": (10, 28, 1),
-           "fashion_mnist": (10, 28, 1), "npz": (10, 32, 3)}
-
-
-def _extremes(cfg: StudyConfig, name: str, space: dict, samples: int) -> list[str]:
-    """Cheapest and largest of ``samples`` random configurations that meet the budget."""
+def _extremes(cfg: StudyConfig, name: str, space: dict, samples: int, meta: dict,
+              drawn: set | None = None) -> list[str]:
+    """The MACs and params that ``samples`` random configurations span, and the cheapest and largest
+    of those that meet the budget; the knobs any sample drew are added to ``drawn``."""
     from space.cost import measure
     from space.knobs import draw_random
     from space.registry import get_family
 
-    classes, native, channels = _NATIVE[cfg.data.dataset]
-    size = cfg.data.image_size or native
-    rng, family, feasible = random.Random(0), get_family(name), []
+    rng, family, feasible, all_macs, all_params = random.Random(0), get_family(name), [], [], []
     for _ in range(samples):
-        knobs = family.sample(draw_random(space, rng))
-        cost = measure(name, knobs, num_classes=classes, image_size=size, in_channels=channels)
+        record: dict = {}
+        knobs = family.sample(draw_random(space, rng, record))
+        if drawn is not None:
+            drawn.update(record)
+        cost = measure(name, knobs, num_classes=meta["num_classes"], image_size=meta["image_size"],
+                       in_channels=meta["in_channels"])
+        all_macs.append(cost.macs)
+        all_params.append(cost.params)
         if is_feasible(cost_constraints(cfg, cost.as_dict())):
             feasible.append((cost.macs, cost.params, knobs))
+    lines = [f"    {samples} random samples span {min(all_macs):,}-{max(all_macs):,} MACs and "
+             f"{min(all_params):,}-{max(all_params):,} params at {meta['image_size']}x{meta['image_size']}"]
+    limit = cfg.constraints.max_macs
+    if limit is None and max(all_macs) > 1e10:
+        lines.append(f"    warning: with no constraints.max_macs, the largest samples cost over 1e10 MACs per image "
+                     f"(hours per epoch on a CPU); set constraints.max_macs or narrow the ranges")
+    elif limit is not None and max(all_macs) > 100 * limit:
+        share = 1 - len(feasible) / samples
+        lines.append(f"    warning: the largest samples cost {max(all_macs) / limit:,.0f}x constraints.max_macs; "
+                     f"{share:.0%} of proposals would be refused before training; narrow the ranges")
     if not feasible:
-        return [f"    none of {samples} random samples meets the budget: widen `constraints:` or the ranges"]
+        return lines + [f"    none of {samples} random samples meets the budget: widen `constraints:` or the ranges"]
     feasible.sort(key=lambda x: x[0])
-    lines = [f"    {len(feasible)}/{samples} random samples meet the budget"]
+    lines.append(f"    {len(feasible)}/{samples} random samples meet the budget")
     for label, (macs, params, knobs) in (("cheapest", feasible[0]), ("largest", feasible[-1])):
         lines.append(f"    {label}: {macs:,} MACs, {params:,} params: {knobs}")
     return lines
 
 
-def _seed_lines(cfg: StudyConfig) -> list[str]:
-    """Each seed's costs at the study's data shape; a seed over the limits fails here as in `run`."""
+def _seed_lines(cfg: StudyConfig, meta: dict) -> list[str]:
+    """Each seed's costs at the study's data shape (`preflight` has refused seeds over the limits)."""
     from search.feasibility import price
-    from search.seeds import check_seed_costs
 
     if not cfg.seeds:
         return []
-    classes, native, channels = _NATIVE[cfg.data.dataset]
-    meta = {"num_classes": classes, "image_size": cfg.data.image_size or native, "in_channels": channels}
-    check_seed_costs(cfg, meta)
     lines = [f"seeds ({len(cfg.seeds)}, trained first):"]
     for seed in cfg.seeds:
         cost, _ = price(cfg, seed.family, seed.knobs, meta)
@@ -54,7 +62,17 @@ def _seed_lines(cfg: StudyConfig) -> list[str]:
 
 
 def describe_study(cfg: StudyConfig, samples: int = 300) -> str:
+    """What the study would search, after every check `run` makes before writing anything.
+
+    Raises:
+        EffnasError: the first problem `run` would report, with the same message.
+    """
+    from search.sweep import Sweep
     from space.knobs import describe_distribution, space_size
+
+    sweep = Sweep(cfg, log=lambda _: None)
+    sweep.preflight()
+    meta = sweep.data_meta
 
     lines = [f"study {cfg.study} ({cfg.path}) -> {cfg.storage_url}",
              f"data: {cfg.data.dataset}, train {cfg.data.train_size or 'all'}, val {cfg.data.val_size}, "
@@ -68,12 +86,18 @@ def describe_study(cfg: StudyConfig, samples: int = 300) -> str:
              f"proxies: {', '.join(cfg.proxies.names) or 'off'}"
              + (f"; prescreen: train the best {cfg.prescreen.keep:g} of every {cfg.prescreen.pool} proposals "
                 f"by {cfg.prescreen.proxy} for their cost" if cfg.prescreen else "")]
-    lines += _seed_lines(cfg)
+    lines += _seed_lines(cfg, meta)
     for name, space in family_spaces(cfg).items():
-        size = space_size(space)
-        lines.append(f"family {name}: {len(space)} knobs, "
-                     + (f"{size:,} configurations" if size is not None else "continuous space"))
-        for key, dist in space.items():
+        drawn: set = set()
+        costs = _extremes(cfg, name, space, samples, meta, drawn)
+        # Knobs no sample draws cannot apply (layers.3 of a 3-stage network): neither listed nor counted.
+        used = {k: d for k, d in space.items() if k in drawn}
+        size = space_size(used)
+        unused = len(space) - len(used)
+        lines.append(f"family {name}: {len(used)} knobs, "
+                     + (f"{size:,} configurations" if size is not None else "continuous space")
+                     + (f" ({unused} knobs that these settings never use left out)" if unused else ""))
+        for key, dist in used.items():
             lines.append(f"    {key:32s} {describe_distribution(dist)}")
-        lines += _extremes(cfg, name, space, samples)
+        lines += costs
     return "\n".join(lines)

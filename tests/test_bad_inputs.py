@@ -90,6 +90,8 @@ STUDY_CASES = [
      "budget.n_trials: is 2, fewer than the 3 seeds"),
     ("seed-over-constraints", _study(constraints={"max_macs": 1.0e6}, seeds=["rsnet-115"]), [],
      "seeds[0]: seed 'rsnet-115' breaks the study's constraints at 8x8 (macs 3,672,272 > 1,000,000)"),
+    ("val-over-train", _study(data__train_size=50), [], "data.val_size: is 100, more than data.train_size (50)"),
+    ("storage-is-a-folder", _study(storage="sqlite:///empty"), [], "is a folder, not a database file"),
     ("warm-start-missing-study", _study(warm_start={"storage": "sqlite:///other.db", "study": "gone"}), [],
      "warm_start:"),
     ("warm-start-missing-key", _study(warm_start={"storage": "sqlite:///other.db"}), [],
@@ -159,10 +161,18 @@ def test_debug_flag_shows_the_traceback(tmp_path):
         main(["--debug", "run", str(path)])
 
 
-@pytest.mark.parametrize("case_id,content,extra,message",
-                         [c for c in STUDY_CASES if c[0].startswith("seed")], ids=lambda c: str(c)[:40])
-def test_validate_refuses_every_bad_seed_as_run_does(case_id, content, extra, message, tmp_path, capsys):
+VALIDATE_CASES = [c for c in STUDY_CASES if not c[2]]  # validate takes no --n-trials
+
+
+@pytest.mark.parametrize("case_id,content,extra,message", VALIDATE_CASES, ids=[c[0] for c in VALIDATE_CASES])
+def test_validate_refuses_what_run_refuses(case_id, content, extra, message, tmp_path, monkeypatch, capsys):
+    """`validate` runs every check `run` makes before writing: same message, status 1, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(content))
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
     assert main(["validate", str(path), "--samples", "5"]) == 1
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -111,3 +111,38 @@ def test_a_reader_that_closes_the_pipe_early_gets_no_traceback(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+
+
+def test_relative_paths_are_relative_to_the_study_file(tmp_path, monkeypatch, capsys):
+    """Run directory, storage file and data root resolve against the study file's folder, so every
+    command finds the same study from any working directory."""
+    import numpy as np
+    import yaml
+
+    from search.config import load_study
+    from search.storage import open_study
+
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 20)):
+        np.savez(proj / "data" / f"{split}.npz", x=rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
+                 y=rng.integers(0, 10, n))
+    study = {"study": "rel", "data": {"dataset": "npz", "root": "data", "val_size": 10},
+             "families": {"rsnet": {}}, "budget": {"n_trials": 1}, "fidelity": {"epochs": 1}}
+    (proj / "s.yaml").write_text(yaml.safe_dump(study))
+    (proj / "t.yaml").write_text(yaml.safe_dump({**study, "study": "rel2", "run_dir": "out/rel2",
+                                                 "storage": "sqlite:///dbs/rel2.db"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_study(proj / "s.yaml")
+    assert cfg.run_path == proj / "runs" / "rel"
+    assert cfg.storage_url == f"sqlite:///{proj / 'runs' / 'rel' / 'study.db'}"
+    other = load_study(Path("..") / "proj" / "t.yaml")
+    assert other.run_path == proj / "out" / "rel2" and other.storage_url == f"sqlite:///{proj / 'dbs' / 'rel2.db'}"
+    open_study(cfg)  # a study exists in the project's runs/ folder ...
+    monkeypatch.chdir(tmp_path)
+    assert main(["status", str(proj / "s.yaml")]) == 0  # ... and any folder's `status` finds it
+    assert "study rel: 0 trials" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and not (elsewhere / "runs").exists()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -100,11 +102,7 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
     try:
         storage = _create_rdb_storage(url, engine_kwargs, shared)
     except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
-        cause = str(e).splitlines()[0][:300]
-        if "DB access module" in cause:
-            cause = "its database driver is not installed (PostgreSQL: pip install 'effnas[postgres]')"
-        raise StorageError(f"cannot open the study database {display_url(url)!r}: "
-                           f"{cause.replace(url, display_url(url))}") from e
+        raise StorageError(_cannot_open(url, e)) from e
     if path is not None:
         tune_sqlite(storage)
     compat.register_engine(url, storage)
@@ -117,11 +115,52 @@ def _other_study_error(cfg: StudyConfig, names: list[str]) -> StorageError:
         f"point `storage:` at this study's own file (or remove it to use runs/{cfg.study}/study.db)")
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _cannot_open(url: str, e: Exception) -> str:
+    cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    if "DB access module" in cause or isinstance(e, ModuleNotFoundError):
+        cause = "its database driver is not installed (PostgreSQL: pip install 'effnas[postgres]')"
+    return f"cannot open the study database {display_url(url)!r}: {cause.replace(url, display_url(url))}"
+
+
+def _check_server_reachable(cfg: StudyConfig) -> None:
+    """A server database answers (one connection, nothing written)."""
+    if cfg.storage_url.startswith("sqlite"):
+        return
+    import sqlalchemy
+
+    url = cfg.storage_url
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # SQLAlchemy raises many kinds; the user needs only the URL and the cause
+        raise StorageError(f"{cfg.path}: storage: {_cannot_open(url, e)}") from e
+
+
 def check_existing_database(cfg: StudyConfig) -> None:
-    """An existing SQLite file must hold this study (or none): refuse another study's database
-    before anything, even a lock file, is written next to it."""
+    """An SQLite study file must be creatable (a file or nothing, in a writable place) and, if it
+    exists, hold this study (or none): refused before anything, even a lock file, is written."""
     path = sqlite_path(cfg.storage_url)
-    if path is None or not path.exists():
+    if path is None:
+        _check_server_reachable(cfg)
+        return
+    fix = "set `storage:` or `run_dir:` in the study file to a writable place"
+    if path.is_dir():
+        raise StorageError(f"{cfg.path}: storage {display_url(cfg.storage_url)!r} is a folder, not a database file; {fix}")
+    base = _nearest_existing(path.parent)
+    try:  # a probe folder, removed at once (os.access says yes to root even where nothing can be created)
+        os.rmdir(tempfile.mkdtemp(dir=base, prefix=".effnas-probe-"))
+    except OSError as e:
+        raise StorageError(f"{cfg.path}: cannot create the study database {path}: {base} is not a writable "
+                           f"folder ({e.strerror}); {fix}") from None
+    if not path.exists():
         return
     names = study_names_in_file(path, cfg.path)
     if names and cfg.study not in names:

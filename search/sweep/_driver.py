@@ -133,8 +133,10 @@ class Sweep:
                           "in_channels": self.data.in_channels,
                           "mean": list(self.data.mean), "std": list(self.data.std)}
 
-    def _prepare(self) -> None:
-        """Everything that can fail on bad input, done before the run directory or database exist."""
+    def preflight(self) -> None:
+        """Every check of the study file's inputs that can fail (sampler options, data present and
+        readable, budget reachable, seeds within the limits, warm-start source, storage creatable and
+        holding this study or none), before the run directory or database exist. `validate` runs it too."""
         self.sampler = make_sampler(self.cfg)  # bad sampler options; built once, used by the study
         self._load_data()
         self.spaces = family_spaces(self.cfg)
@@ -218,7 +220,7 @@ class Sweep:
                 self.scored.append(Candidate(t.number, rec.proxies.get(self.cfg.prescreen.proxy), rec.macs, rec.params))
 
     def run(self) -> SweepSummary:
-        self._prepare()
+        self.preflight()
         with DriverLock(self.cfg.storage_url, self.cfg.path, self.cfg.study):
             study = open_study(self.cfg, sampler=self.sampler)
             recovered = self._recover(study)
