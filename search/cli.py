@@ -46,14 +46,14 @@ def _parse_set(items: list[str]) -> dict:
 
 def _study_and_storage(args) -> tuple[str | None, str]:
     """A study is named by its YAML file, or by ``--storage URL [--study NAME]``."""
-    from search.config import load_study
+    from search.config import study_location
 
     if args.storage:
         return args.study_name, args.storage
     if not args.study:
         raise UsageError("give a study file (STUDY.yaml) or --storage URL")
-    cfg = load_study(args.study)
-    return cfg.study, cfg.storage_url
+    name, url, _ = study_location(args.study)
+    return name, url
 
 
 # --- commands -------------------------------------------------------------------------------------
@@ -138,6 +138,19 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_trials(args) -> int:
+    from search.status import print_trials, trial_rows
+    from search.storage import load_existing_study
+
+    name, url = _study_and_storage(args)
+    study = load_existing_study(url, name)
+    if args.json:
+        print(json.dumps(trial_rows(study), indent=2))
+    else:
+        print_trials(study)
+    return 0
+
+
 def cmd_export(args) -> int:
     from search.export import export_study
     from search.storage import load_existing_study
@@ -149,15 +162,16 @@ def cmd_export(args) -> int:
     elif args.storage:
         out = Path("runs") / study.study_name / "export"
     else:  # next to the study's database, wherever the command runs from
-        from search.config import load_study
+        from search.config import study_location
 
-        out = load_study(args.study).run_path / "export"
+        out = study_location(args.study)[2] / "export"
     export_study(study, out, models=args.models)
     return 0
 
 
 COMMANDS: dict[str, Callable] = {
     "run": cmd_run, "status": cmd_status, "export": cmd_export, "validate": cmd_validate, "arch": cmd_arch,
+    "trials": cmd_trials,
 }
 
 
@@ -169,12 +183,13 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run or resume a study")
     r.add_argument("study", help="study YAML file")
     r.add_argument("--n-trials", type=int, help="train this many more architectures (default: up to budget.n_trials)")
-    for name, helptext in (("status", "counts, front, time spent"), ("export", "write the Pareto front")):
+    for name, helptext in (("status", "counts, front, time spent"), ("export", "write the Pareto front"),
+                           ("trials", "one line per trial: status, epochs, accuracy, costs, failure reason")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("study", nargs="?", help="study YAML file")
         s.add_argument("--storage", help="SQLAlchemy URL instead of a study file")
         s.add_argument("--study-name", help="study name inside --storage (if it holds several)")
-        if name == "status":
+        if name in ("status", "trials"):
             s.add_argument("--json", action="store_true")
         else:
             s.add_argument("--out", help="output folder (default: export/ in the study's run directory)")

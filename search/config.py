@@ -30,6 +30,7 @@ __all__ = [
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency": "minimize"}
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp", "bruteforce")
 DATASETS = ("cifar10", "cifar100", "npz", "digits", "mnist", "fashion_mnist")
+FAMILIES = ("condensenet", "igcv2", "rsnet", "slimconv")  # space.list_families(), without importing torch
 PROXIES = ("synflow", "naswot", "snip", "grad_norm")  # trainers.proxies
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -266,17 +267,26 @@ def _positive(path: str, key: str, value, allow_none: bool = True, strict: bool 
         raise StudyFileError(path, key, f"must be {'> 0' if strict else '>= 0'}, got {value!r}")
 
 
-def _check_families(cfg: StudyConfig) -> dict:
-    from space.knobs import apply_overrides
-    from space.registry import get_family, list_families
+def _did_you_mean(name: str, valid) -> str:
+    import difflib
 
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_families(cfg: StudyConfig) -> dict:
     path = cfg.path
     if not isinstance(cfg.families, dict) or not cfg.families:
-        raise StudyFileError(path, "families", f"name at least one family out of {list_families()}")
+        raise StudyFileError(path, "families", f"name at least one family out of {list(FAMILIES)}")
+    for name in cfg.families:  # before importing the families (and torch): a typo answers at once
+        if name not in FAMILIES:
+            raise StudyFileError(path, f"families.{name}", f"unknown family{_did_you_mean(name, FAMILIES)}; "
+                                                           f"valid families: {list(FAMILIES)}")
+    from space.knobs import apply_overrides
+    from space.registry import get_family
+
     parsed = {}
     for name, section in cfg.families.items():
-        if name not in list_families():
-            raise StudyFileError(path, f"families.{name}", f"unknown family; valid families: {list_families()}")
         sec = _parse_section(FamilySection, section, path, f"families.{name}")
         family = get_family(name)
         overrides = {f"{name}.{k}": v for k, v in sec.knobs.items()}
@@ -437,13 +447,24 @@ def _check_sizes(cfg: StudyConfig) -> None:
                                                         f"lower val_size or raise train_size")
 
 
-def load_study(path: str | Path) -> StudyConfig:
-    """Read and validate a study file.
-
-    Raises:
-        StudyFileError: the file is missing, is not valid YAML, or fails validation.
-    """
+def study_location(path: str | Path) -> tuple[str, str, Path]:
+    """The study name, storage URL and run directory a study file names, read without checking the
+    rest of the file (so `status`, `trials` and `export` need neither torch nor the families)."""
     path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict) or "study" not in raw:
+        raise StudyFileError(str(path), "study", "required key is missing")
+    slim = StudyConfig(study=raw["study"], families={}, storage=raw.get("storage"), run_dir=raw.get("run_dir"),
+                       path=str(path))
+    for key in ("study", "storage", "run_dir"):
+        value = getattr(slim, key)
+        if value is not None and not isinstance(value, str):
+            raise StudyFileError(str(path), key, f"expected a string, got {value!r}")
+    slim = _resolve_paths(slim, path.resolve().parent)
+    return slim.study, slim.storage_url, slim.run_path
+
+
+def _read_yaml(path: Path):
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -451,9 +472,18 @@ def load_study(path: str | Path) -> StudyConfig:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise StudyFileError(str(path), "", f"cannot read the study file: {e}") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise StudyFileError(str(path), "", f"{where}not valid YAML ({getattr(e, 'problem', e)})") from None
-    return parse_study(raw, str(path), base_dir=path.resolve().parent)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file.
+
+    Raises:
+        StudyFileError: the file is missing, is not valid YAML, or fails validation.
+    """
+    path = Path(path)
+    return parse_study(_read_yaml(path), str(path), base_dir=path.resolve().parent)

@@ -6,11 +6,12 @@ from collections import Counter
 import optuna
 from optuna.trial import TrialState
 
+from search.export._tables import member_entry
 from search.pareto import front_hypervolumes, objectives_of, pareto_front
 from search.record import read_record, trial_status
 from search.seeds import seed_entries
 
-__all__ = ["status_dict", "print_status"]
+__all__ = ["status_dict", "print_status", "trial_rows", "print_trials"]
 
 
 def _seconds(trials, records) -> tuple[float, float]:
@@ -47,9 +48,7 @@ def status_dict(study: optuna.Study) -> dict:
         "train_seconds": train,
         "overhead_ms_per_trial": _overhead_ms(trials, records),
         "proxies_scored": sum(1 for r in records if r.proxies and any(v is not None for v in r.proxies.values())),
-        "pareto": [{"number": m.number, "family": m.family, "values": m.values,
-                    "test_acc": m.record.test_acc, "epochs": m.record.epochs,
-                    "proxies": dict(m.record.proxies or {})} for m in front],
+        "pareto": [member_entry(m) for m in front],  # the same entries, under the same keys, as pareto.json
         "seeds": seeds,
         "hypervolume": front_hypervolumes(study, front, seeds),
     }
@@ -68,9 +67,9 @@ def print_status(study: optuna.Study) -> None:
               + (f"; pre-screening left {screened} untrained" if screened else ""))
     print(f"Pareto front ({len(s['pareto'])} members; " + ", ".join(s["objectives"]) + "):")
     for m in s["pareto"]:
-        vals = "  ".join(f"{k} {v:.4f}" if k == "accuracy" else f"{k} {v:,.0f}" for k, v in m["values"].items())
+        vals = "  ".join(f"{k} {v:.4f}" if k == "accuracy" else f"{k} {v:,.0f}" for k, v in m["objectives"].items())
         proxies = "  ".join(f"{k} {v:.3g}" for k, v in m["proxies"].items() if v is not None)
-        print(f"  #{m['number']:<5d} {m['family']:12s} {vals}" + (f"  | {proxies}" if proxies else ""))
+        print(f"  #{m['trial']:<5d} {m['family']:12s} {vals}" + (f"  | {proxies}" if proxies else ""))
     _print_seeds(s)
 
 
@@ -86,3 +85,31 @@ def _print_seeds(s: dict) -> None:
     if hv:
         ratio = f" ({hv['ratio']:.2f}x)" if hv["ratio"] else ""
         print(f"hypervolume ({hv['space']}): front {hv['front']:.4f}, seeds alone {hv['seeds']:.4f}{ratio}")
+
+
+def trial_rows(study: optuna.Study) -> list[dict]:
+    """One entry per trial, from the database alone (`python -m search trials`)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rec = read_record(t)
+        rows.append({"trial": t.number, "family": rec.family or t.params.get("family"), "status": str(trial_status(t)),
+                     "epochs": rec.fidelity_reached if rec.fidelity_reached is not None else rec.epochs,
+                     "accuracy": rec.val_acc, "test_accuracy": rec.test_acc, "macs": rec.macs, "params": rec.params,
+                     "latency_ms": rec.latency_ms, "train_seconds": rec.train_seconds,
+                     "seed": t.user_attrs.get("seed"), "retry_of": t.user_attrs.get("retry_of"),
+                     "duplicate_of": rec.duplicate_of, "failure_reason": rec.failure_reason or t.user_attrs.get("failure_reason")})
+    return rows
+
+
+def print_trials(study: optuna.Study) -> None:
+    def num(v, fmt: str) -> str:
+        return format(v, fmt) if v is not None else "-"
+
+    print(f"{'trial':>5}  {'family':12s} {'status':10s} {'ep':>3} {'accuracy':>8} {'MACs':>14} {'params':>12}  note")
+    for r in trial_rows(study):
+        note = r["failure_reason"] or (f"seed {r['seed']}" if r["seed"] else "") or (
+            f"same as #{r['duplicate_of']}" if r["duplicate_of"] is not None else "")
+        if r["retry_of"] is not None:
+            note = f"retry of #{r['retry_of']}" + (f"; {note}" if note else "")
+        print(f"{r['trial']:>5}  {str(r['family'] or '-'):12s} {r['status']:10s} {num(r['epochs'], 'd'):>3} "
+              f"{num(r['accuracy'], '.4f'):>8} {num(r['macs'], ',d'):>14} {num(r['params'], ',d'):>12}  {note}")

@@ -8,6 +8,8 @@ or narrow any of them (:func:`apply_overrides`); a family's sampler then reads v
 """
 from __future__ import annotations
 
+import difflib
+
 import math
 import random
 from typing import Any, Callable, Mapping, Sequence
@@ -167,7 +169,9 @@ def apply_overrides(space: Mapping[str, BaseDistribution], overrides: Mapping[st
     out = dict(space)
     for name, spec in overrides.items():
         if name not in space:
-            raise ValueError(f"unknown knob {name!r}; valid knobs: {sorted(space)}")
+            close = difflib.get_close_matches(name, list(space), n=1)
+            hint = f" (did you mean {close[0].split('.', 1)[-1]!r}?)" if close else ""
+            raise ValueError(f"unknown knob {name!r}{hint}; valid knobs: {sorted(space)}")
         dist = space[name]
         if isinstance(dist, CategoricalDistribution):
             out[name] = _narrow_choices(name, dist, spec)

@@ -147,3 +147,10 @@ def test_relative_data_root_is_relative_to_study_file(tmp_path):
     raw = _with("data", {"dataset": "npz", "root": "../data", "val_size": 10})
     p.write_text(yaml.safe_dump(raw))
     assert load_study(p).data.root == str((tmp_path / "data").resolve())
+
+
+def test_the_family_names_known_without_torch_are_the_registered_ones():
+    from search.config import FAMILIES
+    from space.registry import list_families
+
+    assert list(FAMILIES) == list_families()

@@ -94,3 +94,23 @@ def test_resume_extends_without_retraining(v1_run, tmp_path):
     assert statuses["trained"] + statuses["stopped"] == 1, statuses
     keys = Counter(read_record(t).arch_key for t in trials if trial_status(t) in ("trained", "stopped"))
     assert max(keys.values()) == 1, "an architecture of the old study was trained again"
+
+
+def test_trials_lists_every_trial_and_status_uses_the_export_keys(v1_run, tmp_path, capsys):
+    from search.cli import main
+
+    url = f"sqlite:///{v1_run / 'study.db'}"
+    assert main(["trials", "--storage", url, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["trial"] for r in rows] == list(range(17))
+    assert Counter(r["status"] for r in rows) == Counter(STATUSES)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed[0]["failure_reason"]
+    trained = [r for r in rows if r["status"] == "trained"]
+    assert all(r["accuracy"] is not None and r["macs"] and r["params"] for r in trained)
+    assert main(["trials", "--storage", url]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 18 and table[0].split()[:3] == ["trial", "family", "status"]
+
+    doc = export_study(_study(v1_run), tmp_path / "out", log=lambda _: None)
+    assert status_dict(_study(v1_run))["pareto"] == doc["members"]  # one set of keys: trial, test_accuracy, ...
