@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
     from search.status import print_status
     from search.storage import load_existing_study
 
-    print_status(load_existing_study(cfg.storage_url, cfg.study))
+    print_status(load_existing_study(cfg.storage_url, cfg.study), cfg.storage_url)
     return 0
 
 
@@ -132,9 +132,9 @@ def cmd_status(args) -> int:
     name, url = _study_and_storage(args)
     study = load_existing_study(url, name)
     if args.json:
-        print(json.dumps(status_dict(study), indent=2))
+        print(json.dumps(status_dict(study, url), indent=2))
     else:
-        print_status(study)
+        print_status(study, url)
     return 0
 
 
@@ -145,9 +145,9 @@ def cmd_trials(args) -> int:
     name, url = _study_and_storage(args)
     study = load_existing_study(url, name)
     if args.json:
-        print(json.dumps(trial_rows(study), indent=2))
+        print(json.dumps(trial_rows(study, url), indent=2))
     else:
-        print_trials(study)
+        print_trials(study, url)
     return 0
 
 

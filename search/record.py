@@ -38,6 +38,7 @@ class TrialStatus(str, enum.Enum):
     SURPLUS = "surplus"        # asked after other drivers had taken the budget; released
     SCREENED = "screened"      # not chosen by pre-screening (zero-cost proxy for its cost); never trained
     IMPORTED = "imported"      # trained by another study at this fidelity (warm_start); never trained here
+    INTERRUPTED = "interrupted"  # its driver stopped (Ctrl-C, kill, crash) while it ran; re-queued, not counted
     RUNNING = "running"        # asked and not finished (priced, queued or training)
     WAITING = "waiting"        # queued by enqueue_trial (a retry), not asked yet
 
@@ -87,6 +88,7 @@ class TrialRecord:
     latency_ms: Optional[float] = None
     deploy_max_abs_diff: Optional[float] = None
     checkpoint: Optional[str] = None
+    resumed_from_epoch: Optional[int] = None  # a retry that continued from its checkpoint: the epochs it held
     deploy_path: Optional[str] = None
     curve: Optional[list] = None            # validation accuracy per epoch
     node: Optional[str] = None
@@ -134,7 +136,8 @@ def trial_status(trial: FrozenTrial) -> TrialStatus:
     if trial.state == TrialState.WAITING:
         return TrialStatus.WAITING
     if trial.state == TrialState.FAIL:
-        return TrialStatus.FAILED
+        interrupted = trial.user_attrs.get("status") == TrialStatus.INTERRUPTED.value
+        return TrialStatus.INTERRUPTED if interrupted else TrialStatus.FAILED
     stored = trial.user_attrs.get("status", trial.state.name.lower())
     return _BY_VALUE.get(stored, stored)
 

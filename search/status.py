@@ -15,10 +15,15 @@ __all__ = ["status_dict", "print_status", "trial_rows", "print_trials"]
 
 
 def _seconds(trials, records) -> tuple[float, float]:
-    """Wall time from the first trial's start to the last one's end, and summed training time."""
-    starts = [t.datetime_start for t in trials if t.datetime_start]
-    ends = [t.datetime_complete for t in trials if t.datetime_complete]
-    wall = (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+    """Active wall time (the union of the trials' ask-to-tell spans: the gaps between runs, when no
+    driver ran, are not counted) and summed training time."""
+    spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+                   for t in trials if t.datetime_start and t.datetime_complete)
+    wall, end = 0.0, float("-inf")
+    for start, stop in spans:
+        if stop > end:
+            wall += stop - max(start, end)
+            end = stop
     return wall, sum(r.train_seconds or 0.0 for r in records)
 
 
@@ -31,8 +36,21 @@ def _overhead_ms(trials, records) -> float | None:
     return 1000 * sum(spans) / len(spans) if spans else None
 
 
-def status_dict(study: optuna.Study) -> dict:
+def _statuses(trials, driver_running: bool | None) -> dict:
+    """Counts by status; trials RUNNING with no driver left (SQLite lock free) are interrupted."""
+    counts = Counter(str(trial_status(t)) for t in trials)
+    if driver_running is False and counts.get("running"):
+        counts["interrupted"] += counts.pop("running")
+    return dict(counts)
+
+
+def status_dict(study: optuna.Study, storage_url: str | None = None) -> dict:
+    """Everything `status` reports; with ``storage_url`` (SQLite), trials left RUNNING by a driver
+    that no longer runs count as interrupted."""
+    from search.storage import driver_holds
+
     trials = study.get_trials(deepcopy=False)
+    driver_running = driver_holds(storage_url) if storage_url else None
     records = [read_record(t) for t in trials]
     wall, train = _seconds(trials, records)
     front = pareto_front(study)
@@ -41,7 +59,9 @@ def status_dict(study: optuna.Study) -> dict:
         "study": study.study_name,
         "objectives": objectives_of(study),
         "states": dict(Counter(t.state.name for t in trials)),
-        "statuses": dict(Counter(trial_status(t) for t in trials)),
+        "statuses": _statuses(trials, driver_running),
+        "driver_running": driver_running,
+        "resumed_from_checkpoint": sum(1 for r in records if r.resumed_from_epoch),
         "n_trials": len(trials),
         "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "wall_seconds": wall,
@@ -54,12 +74,15 @@ def status_dict(study: optuna.Study) -> dict:
     }
 
 
-def print_status(study: optuna.Study) -> None:
-    s = status_dict(study)
+def print_status(study: optuna.Study, storage_url: str | None = None) -> None:
+    s = status_dict(study, storage_url)
     print(f"study {s['study']}: {s['n_trials']} trials; " +
           ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items())))
     overhead = s["overhead_ms_per_trial"]
-    print(f"time: {s['wall_seconds']:.1f}s wall, {s['train_seconds']:.1f}s training"
+    if s["statuses"].get("interrupted"):
+        print(f"{s['statuses']['interrupted']} interrupted (their driver stopped; `run` again re-queues them"
+              + (f"; {s['resumed_from_checkpoint']} retries resumed from a checkpoint)" if s["resumed_from_checkpoint"] else ")"))
+    print(f"time: {s['wall_seconds']:.1f}s wall (while trials ran), {s['train_seconds']:.1f}s training"
           + (f", driver overhead {overhead:.0f} ms per trial on a worker" if overhead is not None else ""))
     if s["proxies_scored"]:
         screened = s["statuses"].get("screened", 0)
@@ -87,29 +110,37 @@ def _print_seeds(s: dict) -> None:
         print(f"hypervolume ({hv['space']}): front {hv['front']:.4f}, seeds alone {hv['seeds']:.4f}{ratio}")
 
 
-def trial_rows(study: optuna.Study) -> list[dict]:
-    """One entry per trial, from the database alone (`python -m search trials`)."""
+def trial_rows(study: optuna.Study, storage_url: str | None = None) -> list[dict]:
+    """One entry per trial, from the database alone (`python -m search trials`); RUNNING trials of
+    an SQLite study no driver runs are shown as interrupted."""
+    from search.storage import driver_holds
+
+    orphaned = storage_url is not None and driver_holds(storage_url) is False
     rows = []
     for t in study.get_trials(deepcopy=False):
         rec = read_record(t)
-        rows.append({"trial": t.number, "family": rec.family or t.params.get("family"), "status": str(trial_status(t)),
+        status = str(trial_status(t))
+        if orphaned and status == "running":
+            status = "interrupted"
+        rows.append({"trial": t.number, "family": rec.family or t.params.get("family"), "status": status,
                      "epochs": rec.fidelity_reached if rec.fidelity_reached is not None else rec.epochs,
                      "accuracy": rec.val_acc, "test_accuracy": rec.test_acc, "macs": rec.macs, "params": rec.params,
                      "latency_ms": rec.latency_ms, "train_seconds": rec.train_seconds,
                      "seed": t.user_attrs.get("seed"), "retry_of": t.user_attrs.get("retry_of"),
-                     "duplicate_of": rec.duplicate_of, "failure_reason": rec.failure_reason or t.user_attrs.get("failure_reason")})
+                     "duplicate_of": rec.duplicate_of, "resumed_from_epoch": rec.resumed_from_epoch, "failure_reason": rec.failure_reason or t.user_attrs.get("failure_reason")})
     return rows
 
 
-def print_trials(study: optuna.Study) -> None:
+def print_trials(study: optuna.Study, storage_url: str | None = None) -> None:
     def num(v, fmt: str) -> str:
         return format(v, fmt) if v is not None else "-"
 
     print(f"{'trial':>5}  {'family':12s} {'status':10s} {'ep':>3} {'accuracy':>8} {'MACs':>14} {'params':>12}  note")
-    for r in trial_rows(study):
+    for r in trial_rows(study, storage_url):
         note = r["failure_reason"] or (f"seed {r['seed']}" if r["seed"] else "") or (
             f"same as #{r['duplicate_of']}" if r["duplicate_of"] is not None else "")
         if r["retry_of"] is not None:
-            note = f"retry of #{r['retry_of']}" + (f"; {note}" if note else "")
+            resumed = f", resumed at epoch {r['resumed_from_epoch']}" if r["resumed_from_epoch"] else ""
+            note = f"retry of #{r['retry_of']}{resumed}" + (f"; {note}" if note else "")
         print(f"{r['trial']:>5}  {str(r['family'] or '-'):12s} {r['status']:10s} {num(r['epochs'], 'd'):>3} "
               f"{num(r['accuracy'], '.4f'):>8} {num(r['macs'], ',d'):>14} {num(r['params'], ',d'):>12}  {note}")

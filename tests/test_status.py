@@ -44,8 +44,11 @@ def study(tmp_path) -> optuna.Study:
     return s
 
 
-def test_wall_time_runs_from_the_first_start_to_the_last_end(study):
-    assert status_dict(study)["wall_seconds"] == pytest.approx(40.0)
+def test_wall_time_is_the_union_of_the_trials_spans(study):
+    # [0, 10] and [5, 25] overlap (25 s), then 0.2 s and 9 s: the gaps between them are idle.
+    assert status_dict(study)["wall_seconds"] == pytest.approx(25.0 + 0.2 + 9.0)
+    _add(study, 3600, 3610)  # a second run an hour later adds its own 10 s, not the hour between
+    assert status_dict(study)["wall_seconds"] == pytest.approx(25.0 + 0.2 + 9.0 + 10.0)
 
 
 def test_training_time_sums_every_trial_that_trained(study):
@@ -68,5 +71,30 @@ def test_no_worker_trials_means_no_overhead_figure(tmp_path):
 def test_printed_status_shows_the_same_figures(study, capsys):
     print_status(study)
     out = capsys.readouterr().out
-    assert "time: 40.0s wall, 29.0s training, driver overhead 1933 ms per trial on a worker" in out
+    assert "time: 34.2s wall (while trials ran), 29.0s training, driver overhead 1933 ms per trial on a worker" in out
     assert "trained 2" in out and "infeasible 1" in out and "failed 1" in out
+
+
+def test_trials_left_running_by_a_stopped_driver_are_interrupted_not_running(tmp_path, capsys):
+    """SQLite: a RUNNING trial while no driver holds the study's lock is shown as interrupted; a
+    trial the recovery failed is interrupted too, never failed."""
+    import fcntl
+    import os
+
+    from search.status import trial_rows
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    s = optuna.create_study(study_name="left", storage=url, directions=["maximize", "minimize", "minimize"])
+    s.set_user_attr("objectives", ["accuracy", "macs", "params"])
+    s.ask()  # RUNNING, as a killed driver leaves it
+    _add(s, 0, 5, status="interrupted", state=TrialState.FAIL, failure_reason="interrupted: the driver stopped")
+    assert status_dict(s, url)["statuses"] == {"interrupted": 2}
+    assert [r["status"] for r in trial_rows(s, url)] == ["interrupted", "interrupted"]
+    fd = os.open(tmp_path / "study.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a live driver: its trial does run
+    try:
+        assert status_dict(s, url)["statuses"] == {"running": 1, "interrupted": 1}
+    finally:
+        os.close(fd)
+    print_status(s, url)
+    assert "2 interrupted (their driver stopped; `run` again re-queues them)" in capsys.readouterr().out

@@ -140,6 +140,7 @@ def test_resume_equals_uninterrupted_run(digits, tmp_path, crash_after):
                           checkpoint_dir=tmp_path / "resumed")
     assert seen == list(range(crash_after + 1, 4))
     assert resumed.val_acc == straight.val_acc and resumed.epochs == 3
+    assert resumed.resumed_from_epoch == crash_after and straight.resumed_from_epoch is None
     assert resumed.condensed_at == straight.condensed_at
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in straight.history]
     a, b = _weights(tmp_path / "straight" / DEPLOY_NAME), _weights(tmp_path / "resumed" / DEPLOY_NAME)

@@ -127,6 +127,7 @@ class TrainResult:
     stopped_early: bool
     test_loss: float | None = None
     deploy_path: str | None = None  # deploy.pt: state_dict of to_deploy(build() at progress 1)
+    resumed_from_epoch: int | None = None  # epochs a checkpoint already held when this run began
     condensed_at: float | None = None  # training progress where training switched to the condensed form
     memory_format: str = "contiguous"  # "contiguous" (NCHW) or "channels_last", at the end of training
     tuning: dict = field(default_factory=dict)  # autotune timings: seconds per probe step of each option
@@ -527,9 +528,11 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
     ckpt_path = directory / CHECKPOINT_NAME if directory is not None else None
     identity = _run_identity(cfg, data, meta or {})
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    resumed_from = None
     if ckpt is not None:
         _check_identity(ckpt_path, ckpt.get("identity") or {}, identity)
         _resume(ckpt_path, ckpt, run, setup)
+        resumed_from = run.epoch
     else:
         _start_format(run, setup)
     stopped = False
@@ -562,6 +565,7 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
         checkpoint_path=str(ckpt_path) if ckpt_path is not None else None, stopped_early=stopped,
         test_loss=final.get("test_loss"), deploy_path=final.get("deploy_path"),
         condensed_at=condensed_at, memory_format=run.memory_format, tuning=run.tuning, history=run.history,
+        resumed_from_epoch=resumed_from,
     )
 
 

@@ -50,6 +50,26 @@ def study_names_in_file(path: Path, where: str) -> list[str]:
         raise StorageError(f"{where}: storage: {path} is not a readable study database ({e})") from None
 
 
+def driver_holds(storage_url: str) -> bool | None:
+    """Whether a driver runs this SQLite study now (it holds the lock file); None for server
+    databases, where several drivers may run and the heartbeats tell instead. Writes nothing."""
+    db = sqlite_path(storage_url)
+    if db is None:
+        return None
+    path = db.with_name(db.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False  # no driver ever ran here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock this probe took
+    return False
+
+
 class DriverLock:
     """One driver per SQLite study: a second one would corrupt the run directory and the record.
 

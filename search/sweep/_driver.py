@@ -177,7 +177,7 @@ class Sweep:
             return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
         stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for t in stale:
-            compat.fail_trial(study, t, {"status": TrialStatus.FAILED.value,
+            compat.fail_trial(study, t, {"status": TrialStatus.INTERRUPTED.value,
                                          "failure_reason": "interrupted: the driver stopped while this trial ran"})
             if t.params:  # a trial killed before it drew anything has nothing to retry
                 study.enqueue_trial(t.params, user_attrs=_retry_attrs(t, t.user_attrs.get("attempt", 0)),

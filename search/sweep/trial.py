@@ -55,7 +55,7 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
         "epochs": result.epochs, "train_seconds": result.train_seconds,
         "latency_ms": latency if latency is not None else result.latency_ms,
         "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": result.checkpoint_path,
-        "deploy_path": result.deploy_path,
+        "deploy_path": result.deploy_path, "resumed_from_epoch": result.resumed_from_epoch,
     }
 
 
