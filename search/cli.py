@@ -106,9 +106,22 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends `run` as Ctrl-C does: trials stop, the study is
+    left resumable, the exit status is 130."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def cmd_run(args) -> int:
     from search.config import load_study
     from search.sweep import Sweep
+
+    _stop_on_sigterm()
 
     cfg = load_study(args.study)
     if args.n_trials is not None and args.n_trials < 1:

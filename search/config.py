@@ -116,9 +116,10 @@ class RetrySection:
 
 @dataclass(frozen=True)
 class RaySection:
-    address: Optional[str] = None    # None: local instance; "auto" or "ray://host:port": a cluster
+    address: Optional[str] = None    # None or "local": a private local instance; "auto", "host:port" or "ray://host:port": a cluster
     num_cpus: Optional[int] = None   # CPUs of the local instance (None: all)
     num_gpus: Optional[int] = None
+    connect_timeout_s: float = 15.0  # a cluster that does not answer within this is an error, not a hang
 
 
 @dataclass(frozen=True)
@@ -350,8 +351,9 @@ def _check_values(cfg: StudyConfig) -> None:
     _positive(p, "ray.num_cpus", cfg.ray.num_cpus)
     _positive(p, "ray.num_gpus", cfg.ray.num_gpus, strict=False)
     addr = cfg.ray.address
-    if addr is not None and not (addr == "auto" or addr.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", addr)):
-        raise StudyFileError(p, "ray.address", f"expected null, 'auto', 'host:port' or 'ray://host:port', got {addr!r}")
+    if addr is not None and not (addr in ("auto", "local") or addr.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", addr)):
+        raise StudyFileError(p, "ray.address", f"expected null, 'local', 'auto', 'host:port' or 'ray://host:port', got {addr!r}")
+    _positive(p, "ray.connect_timeout_s", cfg.ray.connect_timeout_s, allow_none=False)
     _check_proxies(cfg)
     if cfg.storage is not None and "://" not in cfg.storage:
         raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "

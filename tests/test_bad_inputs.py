@@ -92,6 +92,10 @@ STUDY_CASES = [
      "seeds[0]: seed 'rsnet-115' breaks the study's constraints at 8x8 (macs 3,672,272 > 1,000,000)"),
     ("val-over-train", _study(data__train_size=50), [], "data.val_size: is 100, more than data.train_size (50)"),
     ("storage-is-a-folder", _study(storage="sqlite:///empty"), [], "is a folder, not a database file"),
+    ("ray-cluster-absent", _study(ray={"address": "127.0.0.1:9", "connect_timeout_s": 2}), [],
+     "the Ray cluster at 127.0.0.1:9 (ray.address '127.0.0.1:9') did not answer within 2 s"),
+    ("ray-client-absent", _study(ray={"address": "ray://127.0.0.1:9", "connect_timeout_s": 2}), [],
+     "the Ray cluster at 127.0.0.1:9 (ray.address 'ray://127.0.0.1:9') did not answer"),
     ("warm-start-missing-study", _study(warm_start={"storage": "sqlite:///other.db", "study": "gone"}), [],
      "warm_start:"),
     ("warm-start-missing-key", _study(warm_start={"storage": "sqlite:///other.db"}), [],
@@ -176,3 +180,16 @@ def test_validate_refuses_what_run_refuses(case_id, content, extra, message, tmp
     err = capsys.readouterr().err
     assert message in err, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_auto_address_of_a_cluster_that_is_gone_fails_fast(tmp_path, monkeypatch, capsys):
+    """`ray.address: auto` where RAY_ADDRESS names a cluster that no longer runs: one line, no hang."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(ray={"address": "auto", "connect_timeout_s": 2})))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "the Ray cluster at 127.0.0.1:9 (ray.address 'auto') did not answer within 2 s" in err
+    assert "ray.address: null for a local instance" in err
+    assert not (tmp_path / "runs").exists()

@@ -148,6 +148,10 @@ class Sweep:
 
             check_source(self.cfg)
         check_existing_database(self.cfg)
+        if self.backend is None and self.cfg.ray.address not in (None, "local"):
+            from search.sweep.backends.actors import check_reachable
+
+            check_reachable(self.cfg.ray.address, self.cfg.ray.connect_timeout_s, self.cfg.path)
 
     def _default_backend(self) -> Backend:
         from search.sweep.backends.actors import ActorsBackend
@@ -155,7 +159,8 @@ class Sweep:
         r, res = self.cfg.ray, self.cfg.resources
         return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
                              price_fn=self._pricing(), trial_fn=self.trial_fn,
-                             where=self.cfg.path, ray_address=r.address, num_cpus=r.num_cpus, num_gpus=r.num_gpus)
+                             where=self.cfg.path, ray_address=r.address, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+                             connect_timeout_s=r.connect_timeout_s)
 
     def _pricing(self) -> _Pricing:
         batch = None

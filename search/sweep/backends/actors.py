@@ -72,6 +72,40 @@ class _Pricer:
         return self.price_fn(family, knobs)
 
 
+def _cluster_address(address: str) -> str | None:
+    """``host:port`` of the cluster an address names (``auto``: $RAY_ADDRESS, else the address file
+    ``ray start`` leaves in /tmp/ray), or None when ``auto`` finds no cluster at all."""
+    if address.startswith("ray://"):
+        return address[len("ray://"):].split("/")[0]
+    if address != "auto":
+        return address
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env not in ("auto", "local"):
+        return env[len("ray://"):] if env.startswith("ray://") else env
+    try:
+        with open("/tmp/ray/ray_current_cluster") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def check_reachable(address: str, timeout_s: float, where: str) -> None:
+    """The cluster's head answers on its port within ``timeout_s``, else one clear error."""
+    import socket
+
+    target = _cluster_address(address)
+    fix = "start it (`ray start --head` on the head node) or set ray.address: null for a local instance"
+    if target is None:
+        raise WorkerStartError(f"{where}: ray.address is 'auto' but no running Ray cluster was found; {fix}")
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise WorkerStartError(f"{where}: the Ray cluster at {target} (ray.address {address!r}) did not answer "
+                               f"within {timeout_s:g} s ({e}); {fix}") from None
+
+
 def _on_driver_node(actor_cls):
     """An actor handle placed on the driver's node (costs are tiny messages, specs stay local)."""
     import ray
@@ -99,8 +133,9 @@ class ActorsBackend:
     def __init__(self, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
                  price_fn: Callable[[str, dict], tuple[dict, dict]], trial_fn: TrialFn | None = None,
                  where: str = "study", ray_address: str | None = None, num_cpus: int | None = None,
-                 num_gpus: int | None = None):
+                 num_gpus: int | None = None, connect_timeout_s: float = 15.0):
         self.ray_address, self.num_cpus, self.num_gpus = ray_address, num_cpus, num_gpus
+        self.connect_timeout_s = connect_timeout_s
         self.cpus, self.gpus, self.max_concurrent = cpus_per_trial, gpus_per_trial, max_concurrent
         self.price_fn, self.trial_fn, self.where = price_fn, trial_fn, where
         self.idle: list = []
@@ -113,18 +148,35 @@ class ActorsBackend:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _start_ray(self):
+        import signal
+        import threading
+
         import ray
 
-        if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
-                                      "configure_logging": False}
-            if self.ray_address:
-                ray.init(address=self.ray_address, **kwargs)
-            else:
-                # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
-                # file says (plain ray.init() would try to join that cluster).
-                ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, **kwargs)
+        if ray.is_initialized():
+            return ray
+        # ray.init replaces the process's SIGTERM handler with one that aborts; the caller's (`run`
+        # stops cleanly on SIGTERM) is put back.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+        try:
+            self._init_ray(ray)
+        finally:
+            if main_thread and previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         return ray
+
+    def _init_ray(self, ray) -> None:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+        if self.ray_address and self.ray_address != "local":
+            # Ray waits for an absent cluster for minutes, deaf to Ctrl-C: probe it first (the
+            # driver's preflight did too; the cluster may have gone since).
+            check_reachable(self.ray_address, self.connect_timeout_s, self.where)
+            ray.init(address=self.ray_address, **kwargs)
+        else:
+            # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
+            # file says (plain ray.init() would try to join that cluster).
+            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, **kwargs)
 
     def _slots(self, ray) -> int:
         total = ray.cluster_resources()

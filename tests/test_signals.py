@@ -1,0 +1,88 @@
+"""`run` stops on Ctrl-C (SIGINT) and SIGTERM at any phase, with real processes: during start-up
+and while a trial trains. It exits with status 130 within seconds, says how to resume, and the
+next `run` finishes the study with nothing lost."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.record import trial_status
+from search.storage import load_existing_study
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+# `python -m search run` with a stand-in trial function: "sleep" trains for a minute.
+DRIVER = """
+import sys
+from search import cli, testing
+from search.sweep import _driver
+fn = {"sleep": testing.sleeping_trial, "cheap": testing.cheap_trial}[sys.argv[2]]
+_driver.Sweep.__init__.__defaults__ = (None, fn, None, print, None)
+sys.exit(cli.main(["run", sys.argv[1]]))
+"""
+
+
+def _study(tmp_path: Path) -> Path:
+    path = tmp_path / "sig.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "sig", "data": {"dataset": "digits", "val_size": 200},
+        "families": {"rsnet": {"knobs": {f"units.{i}": 1 for i in range(6)}}},
+        "budget": {"n_trials": 3}, "fidelity": {"epochs": 1}, "sampler": {"name": "random", "seed": 1},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2}}))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    return path
+
+
+def _start(tmp_path: Path, study: Path, fn: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study), fn], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_line(proc: subprocess.Popen, fragment: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if fragment in line:
+            return
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"the driver never printed {fragment!r}")
+
+
+@pytest.mark.parametrize("sig,phase", [(signal.SIGINT, "start-up"), (signal.SIGINT, "training"),
+                                       (signal.SIGTERM, "training")])
+def test_run_stops_on_a_signal_and_resumes(tmp_path, sig, phase):
+    study = _study(tmp_path)
+    proc = _start(tmp_path, study, "sleep")
+    if phase == "start-up":
+        time.sleep(1.5)  # importing, loading data, starting Ray
+    else:
+        _wait_for_line(proc, "concurrent trial(s)")
+        time.sleep(3)  # both slots are training (for a minute)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"`run` ignored {sig.name} during {phase} for 30 s")
+    assert proc.returncode == 130, err[-2000:]
+    assert time.monotonic() - sent < 30
+    assert "interrupted; run the same command again to resume" in err
+
+    done = _start(tmp_path, study, "cheap")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+    trials = load_existing_study(f"sqlite:///{tmp_path / 'runs' / 'sig' / 'study.db'}", "sig").get_trials()
+    assert sum(trial_status(t) == "trained" for t in trials) == 3
+    assert not [t for t in trials if trial_status(t) in ("running", "waiting", "failed")]
+    if phase == "training":
+        assert sum(trial_status(t) == "interrupted" for t in trials) >= 2  # both slots (and one priced ahead)
