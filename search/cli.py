@@ -164,6 +164,19 @@ def cmd_trials(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from search.config import load_study
+    from search.evaluate import evaluate_exported
+
+    out = evaluate_exported(args.model, load_study(args.study), split=args.split)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{out['model']}: {out['split']} accuracy {out['accuracy']:.4f} ({out['correct']}/{out['images']} "
+              f"images of study {out['study']!r})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from search.export import export_study
     from search.storage import load_existing_study
@@ -184,7 +197,7 @@ def cmd_export(args) -> int:
 
 COMMANDS: dict[str, Callable] = {
     "run": cmd_run, "status": cmd_status, "export": cmd_export, "validate": cmd_validate, "arch": cmd_arch,
-    "trials": cmd_trials,
+    "trials": cmd_trials, "evaluate": cmd_evaluate,
 }
 
 
@@ -210,6 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a study file and show what it searches")
     v.add_argument("study")
     v.add_argument("--samples", type=int, default=300, help="random samples used to find the cheapest/largest")
+    e = sub.add_parser("evaluate", help="accuracy of an exported model on its study's data")
+    e.add_argument("model", help="models/trial_<n>.json written by `export --models`")
+    e.add_argument("study", help="the study YAML file (its data section says which images)")
+    e.add_argument("--split", choices=("test", "val"), default="test")
+    e.add_argument("--json", action="store_true")
     a = sub.add_parser("arch", help="configuration, params and MACs of a preset or family")
     a.add_argument("name", help="preset (condensenetv2-110, ...) or family (rsnet, ...)")
     a.add_argument("--classes", type=int)

@@ -126,8 +126,8 @@ def test_relative_paths_are_relative_to_the_study_file(tmp_path, monkeypatch, ca
     (proj / "data").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for split, n in (("train", 60), ("test", 20)):
-        np.savez(proj / "data" / f"{split}.npz", x=rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
-                 y=rng.integers(0, 10, n))
+        np.savez(proj / "data" / f"{split}.npz", images=rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 10, n))
     study = {"study": "rel", "data": {"dataset": "npz", "root": "data", "val_size": 10},
              "families": {"rsnet": {}}, "budget": {"n_trials": 1}, "fidelity": {"epochs": 1}}
     (proj / "s.yaml").write_text(yaml.safe_dump(study))

@@ -378,3 +378,58 @@ def test_proxy_scores_get_a_csv_column_each(tmp_path: Path):
     assert [k for k in rows[0] if k.startswith("proxy_")] == ["proxy_synflow", "proxy_naswot"]
     assert float(rows[0]["proxy_synflow"]) == 1.5e30 and rows[1]["proxy_synflow"] == ""
     assert rows[2]["proxy_naswot"] == ""
+
+
+def test_exported_model_carries_its_input_contract_and_evaluates_on_the_study_data(tmp_path: Path, capsys):
+    import numpy as np
+    import yaml
+
+    from search.cli import main
+    from search.export import load_exported
+    from trainers.train import evaluate
+
+    family = get_family("rsnet")
+    knobs = _smallest_knobs(family)
+    size = 16
+    deployed = _trained_deploy(family, knobs, size)
+    study = _new_study(tmp_path)
+    _add(study, "trained", [0.8, 2e6, 2e4], family="rsnet", knobs=knobs, **{**DATA, "image_size": size},
+         checkpoint=str(_save_deploy(deployed, tmp_path / "checkpoints" / "abc")))
+    doc = export_study(study, tmp_path / "out", models=True, log=lambda _: None)
+    model_json = tmp_path / "out" / doc["members"][0]["model"]
+
+    exported = load_exported(model_json)
+    assert (exported.in_channels, exported.image_size, exported.mean) == (3, size, tuple(DATA["mean"]))
+    rng = np.random.default_rng(0)
+    nchw = rng.integers(0, 256, (5, 3, size, size), dtype=np.uint8)
+    x = exported.prepare(nchw)
+    want = (torch.from_numpy(nchw).float() / 255 - torch.tensor(DATA["mean"]).view(1, 3, 1, 1)) \
+        / torch.tensor(DATA["std"]).view(1, 3, 1, 1)
+    torch.testing.assert_close(x, want)
+    assert torch.equal(exported.prepare(nchw.transpose(0, 2, 3, 1)), x)  # NHWC too
+    assert exported.prepare(rng.integers(0, 256, (2, 40, 40, 1), dtype=np.uint8)).shape == (2, 3, size, size)
+    with pytest.raises(ValueError, match="uint8"):
+        exported.prepare(nchw.astype(np.float32))
+
+    # `evaluate` on a study's data: the same accuracy as the trainer's evaluation with the model's statistics.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split, n in (("train", 80), ("test", 40)):
+        np.savez(data_dir / f"{split}.npz", images=rng.integers(0, 255, (n, 24, 24, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 10, n))
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump({"study": "ev", "data": {"dataset": "npz", "root": "data", "val_size": 20,
+                                                                  "image_size": size},
+                                          "families": {"rsnet": {}}}))
+    assert main(["evaluate", str(model_json), str(study_file), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from search.config import load_study
+    from search.sweep import load_study_data
+
+    data = load_study_data(load_study(study_file))
+    acc, _ = evaluate(exported.model, data.test_x, data.test_y, 64, "cpu", DATA["mean"], DATA["std"])
+    assert out["images"] == 40 and out["accuracy"] == pytest.approx(acc)
+
+    (data_dir / "train.npz").unlink()
+    assert main(["evaluate", str(model_json), str(study_file)]) == 1
+    assert "train.npz" in capsys.readouterr().err

@@ -273,7 +273,9 @@ def _split_indices(n: int, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]
     return train, val
 
 
-def _resize(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+def resize_images(x: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """uint8 NCHW images resized to ``size`` x ``size`` as the loaders do (bilinear, antialiased);
+    exported models' ``prepare`` uses it too, so deployed inputs match the training ones."""
     if x.shape[-2:] == (size, size) or len(x) == 0:
         return x
     out = torch.empty(len(x), x.shape[1], size, size, dtype=torch.uint8)
@@ -311,14 +313,14 @@ def load_data(cfg: DataConfig) -> DataSplits:
     size = cfg.image_size or h
     train_idx, val_idx = _split_indices(len(raw.train_y), cfg)
     n_test = len(raw.test_y) if cfg.test_size is None else min(cfg.test_size, len(raw.test_y))
-    train_x = _resize(raw.train_x[train_idx], size)
+    train_x = resize_images(raw.train_x[train_idx], size)
     mean, std = _channel_stats(train_x)
     return DataSplits(
         train_x=train_x,
         train_y=raw.train_y[train_idx],
-        val_x=_resize(raw.train_x[val_idx], size),
+        val_x=resize_images(raw.train_x[val_idx], size),
         val_y=raw.train_y[val_idx],
-        test_x=_resize(raw.test_x[:n_test].clone(), size),  # clone: a view would pickle the whole set
+        test_x=resize_images(raw.test_x[:n_test].clone(), size),  # clone: a view would pickle the whole set
         test_y=raw.test_y[:n_test].clone(),
         num_classes=raw.num_classes,
         in_channels=int(raw.train_x.shape[1]),

@@ -35,13 +35,13 @@ import optuna
 from search import faults
 from search.exceptions import ExportError
 from search.export._files import clean, json_text, write_atomic
-from search.export._models import MODEL_FORMAT, export_member_model, load_model
+from search.export._models import MODEL_FORMAT, ExportedModel, export_member_model, load_exported, load_model
 from search.export._plots import html, png, points_of
 from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
 from search.pareto import FrontMember, front_candidates, front_hypervolumes, objectives_of, pareto_front
 from search.seeds import seed_entries
 
-__all__ = ["ExportError", "export_study", "load_model", "MODEL_FORMAT"]
+__all__ = ["ExportError", "export_study", "load_model", "load_exported", "ExportedModel", "MODEL_FORMAT"]
 
 
 def _image_size(front: list[FrontMember], study: optuna.Study) -> int | None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from search.exceptions import ExportError
 from search.export._files import json_text, reason, write_atomic
 from search.record import TrialRecord
 
-__all__ = ["MODEL_FORMAT", "export_member_model", "load_model"]
+__all__ = ["MODEL_FORMAT", "export_member_model", "load_model", "load_exported", "ExportedModel"]
 
 MODEL_FORMAT = 1  # layout version of models/trial_<n>.json
 _INPUT_NOTE = ("NCHW float32 images: uint8 pixels / 255, then (x - mean) / std per channel; "
@@ -174,6 +175,64 @@ def export_member_model(entry: dict, record: TrialRecord, meta: dict, models_dir
         log(f"trial {entry['trial']}: ONNX export skipped: {entry['onnx_error']}")
 
 
+@dataclass
+class ExportedModel:
+    """An exported network with its input contract: what images it takes and how to prepare them.
+
+    ``prepare(images)`` turns uint8 images (NCHW or NHWC; a numpy array or a tensor; any size; 1 or 3
+    channels) into the float batch the network takes: resized to ``image_size`` as in training
+    (bilinear, antialiased), channels matched (grey repeated, or colour averaged), ``/ 255`` and
+    normalised with the training split's ``mean``/``std``. ``predict(images)`` returns class indices.
+    """
+
+    model: Any
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    description: dict
+
+    def prepare(self, images):
+        import numpy as np
+        import torch
+
+        from trainers.data import resize_images
+
+        x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if x.dtype != torch.uint8:
+            raise ValueError(f"expected uint8 images (pixels 0-255), got {x.dtype}")
+        if x.ndim == 3:  # one image
+            x = x.unsqueeze(0)
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (N, C, H, W) or (N, H, W, C), got {tuple(x.shape)}")
+        if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+            x = x.permute(0, 3, 1, 2)  # NHWC -> NCHW
+        if x.shape[1] != self.in_channels:
+            x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if self.in_channels == 1 else x.expand(
+                -1, self.in_channels, -1, -1)
+        x = resize_images(x.contiguous(), self.image_size).float().div_(255)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def predict(self, images, batch_size: int = 256):
+        import torch
+
+        x = self.prepare(images)
+        with torch.no_grad():
+            return torch.cat([self.model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def load_exported(json_path: str | Path) -> ExportedModel:
+    """:func:`load_model`'s network together with its input contract (see :class:`ExportedModel`)."""
+    model, desc = _load(json_path)
+    if desc.get("mean") is None or desc.get("std") is None:
+        raise ExportError(f"{json_path}: the description holds no mean/std; export the study again")
+    return ExportedModel(model, desc["num_classes"], desc.get("in_channels", 3), desc["image_size"],
+                         tuple(desc["mean"]), tuple(desc["std"]), desc)
+
+
 def load_model(json_path: str | Path):
     """The deploy-form network described by ``models/trial_<n>.json``, weights loaded, in eval mode.
 
@@ -189,6 +248,10 @@ def load_model(json_path: str | Path):
         ExportError: the description cannot be read or lacks a field.
         FileNotFoundError: the weights file is missing.
     """
+    return _load(json_path)[0]
+
+
+def _load(json_path: str | Path):
     path = Path(json_path)
     try:
         desc = json.loads(path.read_text())
@@ -204,4 +267,4 @@ def load_model(json_path: str | Path):
     model = _build_deploy(desc["family"], desc["knobs"], desc["num_classes"], desc["image_size"],
                           desc.get("in_channels", 3))
     _load_weights(model, weights)
-    return model
+    return model, desc

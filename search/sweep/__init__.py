@@ -3,8 +3,8 @@ progress lines (``_progress``), what runs on a worker (``trial``) and the execut
 (``backends``)."""
 from __future__ import annotations
 
-from search.sweep._driver import Sweep
+from search.sweep._driver import Sweep, load_study_data
 from search.sweep._policy import SweepPolicy, budget_used
 from search.sweep._progress import SweepSummary
 
-__all__ = ["Sweep", "SweepSummary", "SweepPolicy", "budget_used"]
+__all__ = ["Sweep", "SweepSummary", "SweepPolicy", "budget_used", "load_study_data"]

@@ -32,9 +32,26 @@ from search.sweep._policy import SweepPolicy, Verdict, budget_used
 from search.sweep._progress import Progress, SweepSummary
 from search.sweep.backends import Backend, Finished, Priced, TrialSpec
 
-__all__ = ["Sweep"]
+__all__ = ["Sweep", "load_study_data"]
 
 _LOOKAHEAD = 1  # architectures asked and priced ahead of the free workers
+
+
+def load_study_data(cfg: StudyConfig):
+    """The study's data splits, as every trial sees them (``run``, ``validate``, ``evaluate``).
+
+    Raises:
+        DataError: missing files, or sizes the dataset cannot give.
+    """
+    from trainers.data import DataConfig, load_data
+
+    d = cfg.data
+    try:
+        return load_data(DataConfig(dataset=d.dataset, root=d.root, train_size=d.train_size, val_size=d.val_size,
+                                    test_size=d.test_size, image_size=d.image_size, seed=cfg.train.seed,
+                                    download=d.download))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{cfg.path}: data: {e}") from e
 
 
 class _Pricing:
@@ -119,16 +136,7 @@ class Sweep:
     # -- set-up ---------------------------------------------------------------------------------
     def _load_data(self) -> None:
         if self.data is None:
-            from trainers.data import DataConfig, load_data
-
-            d = self.cfg.data
-            try:
-                self.data = load_data(DataConfig(dataset=d.dataset, root=d.root, train_size=d.train_size,
-                                                 val_size=d.val_size, test_size=d.test_size,
-                                                 image_size=d.image_size, seed=self.cfg.train.seed,
-                                                 download=d.download))
-            except (OSError, ValueError) as e:  # missing files, sizes the dataset cannot give, ...
-                raise DataError(f"{self.cfg.path}: data: {e}") from e
+            self.data = load_study_data(self.cfg)
         self.data_meta = {"num_classes": self.data.num_classes, "image_size": self.data.image_size,
                           "in_channels": self.data.in_channels,
                           "mean": list(self.data.mean), "std": list(self.data.std)}
