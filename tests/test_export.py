@@ -408,6 +408,7 @@ def test_exported_model_carries_its_input_contract_and_evaluates_on_the_study_da
     torch.testing.assert_close(x, want)
     assert torch.equal(exported.prepare(nchw.transpose(0, 2, 3, 1)), x)  # NHWC too
     assert exported.prepare(rng.integers(0, 256, (2, 40, 40, 1), dtype=np.uint8)).shape == (2, 3, size, size)
+    assert exported.prepare(rng.integers(0, 256, (4, 8, 8), dtype=np.uint8)).shape == (4, 3, size, size)  # N x H x W grey
     with pytest.raises(ValueError, match="uint8"):
         exported.prepare(nchw.astype(np.float32))
 

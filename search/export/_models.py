@@ -179,8 +179,8 @@ def export_member_model(entry: dict, record: TrialRecord, meta: dict, models_dir
 class ExportedModel:
     """An exported network with its input contract: what images it takes and how to prepare them.
 
-    ``prepare(images)`` turns uint8 images (NCHW or NHWC; a numpy array or a tensor; any size; 1 or 3
-    channels) into the float batch the network takes: resized to ``image_size`` as in training
+    ``prepare(images)`` turns uint8 images (NCHW, NHWC, or N x H x W for grey; a numpy array or a
+    tensor; any size; 1 or 3 channels) into the float batch the network takes: resized to ``image_size`` as in training
     (bilinear, antialiased), channels matched (grey repeated, or colour averaged), ``/ 255`` and
     normalised with the training split's ``mean``/``std``. ``predict(images)`` returns class indices.
     """
@@ -202,8 +202,8 @@ class ExportedModel:
         x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
         if x.dtype != torch.uint8:
             raise ValueError(f"expected uint8 images (pixels 0-255), got {x.dtype}")
-        if x.ndim == 3:  # one image
-            x = x.unsqueeze(0)
+        if x.ndim == 3:  # N x H x W: grey images
+            x = x.unsqueeze(1)
         if x.ndim != 4:
             raise ValueError(f"expected images of shape (N, C, H, W) or (N, H, W, C), got {tuple(x.shape)}")
         if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
