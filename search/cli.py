@@ -78,7 +78,7 @@ def cmd_arch(args) -> int:
     size = args.image_size or size
     if args.set:
         try:
-            knobs = family.knobs_from_dict({**dataclasses.asdict(knobs), **_parse_set(args.set)})
+            knobs = family.knobs_with(knobs, _parse_set(args.set))
         except (ValueError, TypeError) as e:
             raise UsageError(f"--set: {e}") from None
     cost = measure(family.name, knobs, num_classes=classes, image_size=size)

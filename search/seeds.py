@@ -62,7 +62,10 @@ def _from_design(path: str, key: str, raw: dict, index: int) -> Seed:
     if not isinstance(knobs, dict):
         raise StudyFileError(path, f"{key}.knobs", f"expected a mapping of knob names to values, got {knobs!r}")
     try:
-        built = get_family(family).knobs_from_dict(knobs)
+        fam = get_family(family)
+        # Whole knobs as given (the family fills in the rest); `growth.1: 16` edits one stage of the defaults.
+        dotted = any("." in str(k) for k in knobs)
+        built = fam.knobs_with(fam.default_knobs(), knobs) if dotted else fam.knobs_from_dict(knobs)
     except (TypeError, ValueError) as e:
         raise StudyFileError(path, f"{key}.knobs", str(e)) from None
     name = raw.get("name") or f"{family}-seed{index}"

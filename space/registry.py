@@ -9,6 +9,7 @@ torchvision's model registry.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,11 +59,37 @@ class Family:
         names = {f.name for f in dataclasses.fields(self.knobs_cls)}
         unknown = sorted(set(values) - names)
         if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0].split(".")[0], sorted(names), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"unknown knob(s) {unknown} for family {self.name!r}; valid knobs: {sorted(names)}"
+                f"unknown knob(s) {unknown} for family {self.name!r}{hint}; valid knobs: {sorted(names)}"
             )
         cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return self.knobs_cls(**cleaned)
+
+    def knobs_with(self, base: Any, changes: dict) -> Any:
+        """``base`` knobs with ``changes`` applied, named as in study files too: a whole knob
+        (``growth: [8, 16, 32]``) or one stage of a per-stage knob (``growth.1: 16``).
+
+        Raises:
+            ValueError: an unknown knob, a stage past the knob's length, or values the knobs refuse.
+        """
+        values = json.loads(json.dumps(dataclasses.asdict(base)))
+        for key, value in changes.items():
+            field_name, _, index = key.rpartition(".")
+            if index.isdigit() and field_name in values:
+                current = values[field_name]
+                if not isinstance(current, list):
+                    raise ValueError(f"{key}: {field_name} is one value for every stage ({current!r}) here; "
+                                     f"set {field_name}=[...] with one value per stage")
+                if int(index) >= len(current):
+                    raise ValueError(f"{key}: {field_name} has {len(current)} stages (0-{len(current) - 1})")
+                current[int(index)] = value
+            else:
+                values[key] = value
+        return self.knobs_from_dict(values)
 
 
 @dataclass(frozen=True)

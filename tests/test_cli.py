@@ -49,6 +49,8 @@ def test_arch_family_default_and_text_output(capsys):
     (["arch", "resnet-50"], "unknown architecture 'resnet-50'"),
     (["arch", "rsnet", "--set", "no_such_knob=3"], "unknown knob"),
     (["arch", "rsnet", "--set", "groups"], "expected knob=value"),
+    (["arch", "condensenet-86", "--set", "growh=3"], "(did you mean 'growth'?)"),
+    (["arch", "condensenet-86", "--set", "growth.5=3"], "growth.5: growth has 3 stages (0-2)"),
     (["run", "does/not/exist.yaml"], "no such file"),
     (["status"], "give a study file"),
     (["status", "--storage", "sqlite:///does/not/exist.db"], "no study database"),
@@ -146,3 +148,12 @@ def test_relative_paths_are_relative_to_the_study_file(tmp_path, monkeypatch, ca
     assert main(["status", str(proj / "s.yaml")]) == 0  # ... and any folder's `status` finds it
     assert "study rel: 0 trials" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists() and not (elsewhere / "runs").exists()
+
+
+def test_arch_set_takes_study_file_names_for_one_stage(capsys):
+    """One knob vocabulary: `growth.1=24` edits one stage, as `growth.1` names it in a study file."""
+    assert main(["arch", "condensenet-86", "--set", "growth.1=24", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main(["arch", "condensenet-86", "--set", "growth=[8, 24, 32]", "--json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert one["knobs"]["growth"] == [8, 24, 32] and one == whole
