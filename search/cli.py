@@ -122,6 +122,7 @@ def cmd_run(args) -> int:
     from search.sweep import Sweep
 
     _stop_on_sigterm()
+    print(f"effnas {_version()}: checking {args.study} ...", flush=True)  # the rest takes seconds: say so at once
 
     cfg = load_study(args.study)
     if args.n_trials is not None and args.n_trials < 1:
@@ -202,7 +203,9 @@ COMMANDS: dict[str, Callable] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m search", description="effnas: NAS sweeps over efficient CNN families")
+    # The `effnas` script and `python -m search` are the same program; help names the one typed.
+    prog = "effnas" if os.path.basename(sys.argv[0]) == "effnas" else "python -m search"
+    p = argparse.ArgumentParser(prog=prog, description="effnas: NAS sweeps over efficient CNN families")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--version", action="version", version=f"effnas {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")

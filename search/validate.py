@@ -48,6 +48,14 @@ def _extremes(cfg: StudyConfig, name: str, space: dict, samples: int, meta: dict
     return lines
 
 
+def _constraints_text(cfg: StudyConfig) -> str:
+    c = cfg.constraints
+    limits = [f"{name} {value:,.0f}" if name != "max_latency_ms" else f"{name} {value:g}"
+              for name, value in (("max_macs", c.max_macs), ("max_params", c.max_params),
+                                  ("max_latency_ms", c.max_latency_ms)) if value is not None]
+    return ", ".join(limits) or "none (every proposal is trained, however large)"
+
+
 def _seed_lines(cfg: StudyConfig, meta: dict) -> list[str]:
     """Each seed's costs at the study's data shape (`preflight` has refused seeds over the limits)."""
     from search.feasibility import price
@@ -80,8 +88,7 @@ def describe_study(cfg: StudyConfig, samples: int = 300) -> str:
              + (f", ASHA grace {cfg.fidelity.asha.grace_period} rf {cfg.fidelity.asha.reduction_factor}"
                 if cfg.fidelity.asha else ""),
              f"objectives: {', '.join(f'{o} ({d[:3]})' for o, d in zip(cfg.objectives, cfg.directions))}",
-             f"budget: {cfg.budget.n_trials} trials; constraints: max_macs {cfg.constraints.max_macs}, "
-             f"max_params {cfg.constraints.max_params}, max_latency_ms {cfg.constraints.max_latency_ms}",
+             f"budget: {cfg.budget.n_trials} trials; constraints: {_constraints_text(cfg)}",
              f"sampler: {cfg.sampler.name} (seed {cfg.sampler.seed})",
              f"proxies: {', '.join(cfg.proxies.names) or 'off'}"
              + (f"; prescreen: train the best {cfg.prescreen.keep:g} of every {cfg.prescreen.pool} proposals "
