@@ -192,7 +192,7 @@ def cmd_export(args) -> int:
         from search.config import study_location
 
         out = study_location(args.study)[2] / "export"
-    export_study(study, out, models=args.models)
+    export_study(study, out, models=args.models, storage_url=url)
     return 0
 
 

@@ -32,9 +32,12 @@ def objectives_of(study: optuna.Study) -> list[str]:
     return list(study.user_attrs.get("objectives", ["accuracy", "macs", "params"][: len(study.directions)]))
 
 
-def front_candidates(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if trial_status(t) in (TrialStatus.TRAINED, TrialStatus.IMPORTED)]
+def front_candidates(study: optuna.Study, trials: list | None = None) -> list[FrozenTrial]:
+    """Trials that may be on the front; ``trials``: the study's trials, already read (else read here)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values
+            and trial_status(t) in (TrialStatus.TRAINED, TrialStatus.IMPORTED)]
 
 
 def dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
@@ -44,18 +47,40 @@ def dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
 
 
 def non_dominated(points: list[list[float]], directions: list[str]) -> list[int]:
-    """Indices of the non-dominated points; identical points are all kept."""
-    signs = [1 if d in ("maximize", "MAXIMIZE") else -1 for d in directions]
-    return [i for i, p in enumerate(points)
-            if not any(dominates(q, p, signs) for j, q in enumerate(points) if j != i)]
+    """Indices of the non-dominated points, in input order; identical points are all kept.
+
+    Vectorised: points are sorted best-first on every objective in turn (a point can be dominated
+    only by one before it in that order); each point still standing is on the front and removes, in
+    one array operation, every later point it dominates. The work is O(front size x n)."""
+    import numpy as np
+
+    if not points:
+        return []
+    signs = np.array([1.0 if d in ("maximize", "MAXIMIZE") else -1.0 for d in directions])
+    x = -np.asarray(points, dtype=float) * signs  # everything minimised
+    order = np.lexsort(x.T[::-1])  # by the first objective, then the next, ...
+    x = x[order]
+    alive = np.ones(len(x), dtype=bool)
+    for i in range(len(x)):
+        if not alive[i]:
+            continue
+        rest = x[i + 1:]
+        dominated = np.all(x[i] <= rest, axis=1) & np.any(x[i] < rest, axis=1)
+        alive[i + 1:] &= ~dominated
+    return sorted(order[alive].tolist())
 
 
-def pareto_front(study: optuna.Study) -> list[FrontMember]:
-    """Front members sorted by the first cost objective (then by accuracy)."""
+def pareto_front(study: optuna.Study, trials: list | None = None, url: str | None = None) -> list[FrontMember]:
+    """Front members sorted by the first cost objective (then by accuracy); ``trials``: the study's
+    trials already read (see ``search.storage.read_trials``), ``url`` its storage (to read the
+    members' parameters)."""
+    from search.storage import read_params
+
     names = objectives_of(study)
     directions = [d.name.lower() for d in study.directions]
-    trials = front_candidates(study)
+    trials = front_candidates(study, trials)
     keep = non_dominated([list(t.values) for t in trials], directions)
+    read_params(study, [trials[i] for i in keep], url)
     members = []
     for i in keep:
         record = read_record(trials[i])

@@ -146,7 +146,7 @@ def check_seed_costs(cfg, data_meta: dict) -> None:
                                                           f"({over}); raise the limit or drop the seed")
 
 
-def seed_entries(study, front) -> list[dict]:
+def seed_entries(study, front, trials: list | None = None) -> list[dict]:
     """One entry per seed the study holds (read from the database alone): its trial, status,
     objective values and the front member that dominates it (the cheapest one), or None.
 
@@ -154,7 +154,7 @@ def seed_entries(study, front) -> list[dict]:
     from search.pareto import dominates, objectives_of
     from search.record import TrialStatus, read_record, trial_status
 
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     by_number = {t.number: t for t in trials}
     latest: dict[str, object] = {}
     for t in trials:  # a retried seed is the last trial of its lineage

@@ -24,15 +24,15 @@ def _seconds(trials, records) -> tuple[float, float]:
         if stop > end:
             wall += stop - max(start, end)
             end = stop
-    return wall, sum(r.train_seconds or 0.0 for r in records)
+    return wall, sum(r.get("train_seconds") or 0.0 for r in records)
 
 
 def _overhead_ms(trials, records) -> float | None:
     """Driver time per trial that occupied a worker (trained, stopped or failed): its wall time from
     ask to tell minus the worker's busy time and the time it waited, priced, for a free worker."""
-    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - r.worker_seconds - (r.queued_seconds or 0.0)
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - r["worker_seconds"] - (r.get("queued_seconds") or 0.0)
              for t, r in zip(trials, records)
-             if t.datetime_start and t.datetime_complete and r.worker_seconds is not None]
+             if t.datetime_start and t.datetime_complete and r.get("worker_seconds") is not None]
     return 1000 * sum(spans) / len(spans) if spans else None
 
 
@@ -47,27 +47,27 @@ def _statuses(trials, driver_running: bool | None) -> dict:
 def status_dict(study: optuna.Study, storage_url: str | None = None) -> dict:
     """Everything `status` reports; with ``storage_url`` (SQLite), trials left RUNNING by a driver
     that no longer runs count as interrupted."""
-    from search.storage import driver_holds
+    from search.storage import driver_holds, read_trials
 
-    trials = study.get_trials(deepcopy=False)
+    trials = read_trials(study, storage_url)
     driver_running = driver_holds(storage_url) if storage_url else None
-    records = [read_record(t) for t in trials]
+    records = [t.user_attrs.get("record") or {} for t in trials]  # plain dicts: 100,000 of them
     wall, train = _seconds(trials, records)
-    front = pareto_front(study)
-    seeds = seed_entries(study, front)
+    front = pareto_front(study, trials, storage_url)
+    seeds = seed_entries(study, front, trials)
     return {
         "study": study.study_name,
         "objectives": objectives_of(study),
         "states": dict(Counter(t.state.name for t in trials)),
         "statuses": _statuses(trials, driver_running),
         "driver_running": driver_running,
-        "resumed_from_checkpoint": sum(1 for r in records if r.resumed_from_epoch),
+        "resumed_from_checkpoint": sum(1 for r in records if r.get("resumed_from_epoch")),
         "n_trials": len(trials),
         "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "wall_seconds": wall,
         "train_seconds": train,
         "overhead_ms_per_trial": _overhead_ms(trials, records),
-        "proxies_scored": sum(1 for r in records if r.proxies and any(v is not None for v in r.proxies.values())),
+        "proxies_scored": sum(1 for r in records if r.get("proxies") and any(v is not None for v in r["proxies"].values())),
         "pareto": [member_entry(m) for m in front],  # the same entries, under the same keys, as pareto.json
         "seeds": seeds,
         "hypervolume": front_hypervolumes(study, front, seeds),
@@ -113,11 +113,11 @@ def _print_seeds(s: dict) -> None:
 def trial_rows(study: optuna.Study, storage_url: str | None = None) -> list[dict]:
     """One entry per trial, from the database alone (`python -m search trials`); RUNNING trials of
     an SQLite study no driver runs are shown as interrupted."""
-    from search.storage import driver_holds
+    from search.storage import driver_holds, read_trials
 
     orphaned = storage_url is not None and driver_holds(storage_url) is False
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in read_trials(study, storage_url):
         rec = read_record(t)
         status = str(trial_status(t))
         if orphaned and status == "running":

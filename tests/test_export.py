@@ -126,6 +126,41 @@ def test_front_matches_brute_force_and_tables(mixed_study, tmp_path: Path):
         "pareto.csv", "pareto.html", "pareto.json", "pareto.png"]  # no temporary files left
 
 
+def test_the_sql_reader_gives_what_optunas_api_gives(mixed_study, tmp_path: Path, monkeypatch):
+    """status and export read through effnas's SQL reader and through get_trials (the public-API
+    fallback): the same trials, figures, front and files."""
+    from search.status import status_dict
+    from search.storage import StoredTrial, read_trials
+    from search.storage import _optuna_compat as compat
+
+    study, trained, url = mixed_study
+    fast, slow = read_trials(study, url), study.get_trials(deepcopy=False)
+    assert all(isinstance(t, StoredTrial) for t in fast)
+    assert [(t.number, t.state, t.values, t.user_attrs, t.datetime_start, t.datetime_complete) for t in fast] == \
+        [(t.number, t.state, t.values, t.user_attrs, t.datetime_start, t.datetime_complete) for t in slow]
+    a = status_dict(study, url)
+    doc_fast = export_study(study, tmp_path / "fast", log=lambda _: None, storage_url=url)
+    monkeypatch.setattr(compat, "FORCE_PUBLIC", True)  # no engine found: Optuna's API
+    assert not any(isinstance(t, StoredTrial) for t in read_trials(study))
+    b = status_dict(study)
+    doc_slow = export_study(study, tmp_path / "slow", log=lambda _: None)
+    a.pop("driver_running"), b.pop("driver_running")
+    assert a == b and {m["trial"] for m in a["pareto"]} == _brute_force_front(trained)
+    assert doc_fast == doc_slow
+    assert (tmp_path / "fast" / "pareto.csv").read_text() == (tmp_path / "slow" / "pareto.csv").read_text()
+
+
+def test_all_infeasible_study_has_an_empty_front(tmp_path: Path):
+    from search.status import status_dict
+
+    study = _new_study(tmp_path)
+    for _ in range(3):
+        _add(study, "infeasible", [0.0, 1e9, 1e8])
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert status_dict(study, url)["pareto"] == []
+    assert export_study(study, tmp_path / "out", log=lambda _: None, storage_url=url)["members"] == []
+
+
 def test_html_is_self_contained_and_png_valid(mixed_study, tmp_path: Path):
     study, trained, _ = mixed_study
     doc = export_study(study, tmp_path, log=lambda _: None)

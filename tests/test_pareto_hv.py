@@ -46,3 +46,27 @@ def test_three_objectives_match_a_grid_count():
     pts = [[rng.randrange(1, 20) / 20 for _ in range(3)] for _ in range(12)]
     exact = hypervolume(pts, ["minimize"] * 3, [1.0, 1.0, 1.0])
     assert exact == pytest.approx(_grid_volume(pts, [1.0, 1.0, 1.0]), rel=1e-9)
+
+
+def _brute_force(points, directions):
+    signs = [1 if d == "maximize" else -1 for d in directions]
+
+    def dom(a, b):
+        return all(s * x >= s * y for x, y, s in zip(a, b, signs)) and any(s * x > s * y for x, y, s in zip(a, b, signs))
+
+    return [i for i, p in enumerate(points) if not any(dom(q, p) for j, q in enumerate(points) if j != i)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("directions", [["maximize", "minimize"], ["maximize", "minimize", "minimize"],
+                                        ["minimize", "minimize", "maximize"]])
+def test_vectorised_front_equals_brute_force_with_ties(seed, directions):
+    from search.pareto import non_dominated
+
+    rng = random.Random(seed)
+    # Coarse values: many ties in one objective and exact duplicates (identical points are all kept).
+    points = [[rng.randrange(8) / 8 for _ in directions] for _ in range(300)]
+    points += points[:20]
+    assert non_dominated(points, directions) == _brute_force(points, directions)
+    assert non_dominated([], directions) == []
+    assert non_dominated([points[0]], directions) == [0]

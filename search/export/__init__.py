@@ -69,7 +69,7 @@ def _export_models(study: optuna.Study, front: list[FrontMember], entries: list[
 
 
 def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entries: list[dict],
-                            out_dir: Path, models: bool) -> dict:
+                            out_dir: Path, models: bool, trials: list) -> dict:
     names = objectives_of(study)
     size = _image_size(front, study)
     doc = {
@@ -78,14 +78,14 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
         "directions": [d.name.lower() for d in study.directions],
         "image_size": size,
         "conventions": CONVENTIONS.format(size=f"{size}x{size}" if size else "not recorded"),
-        "n_trained": len(front_candidates(study)),
+        "n_trained": len(front_candidates(study, trials)),
         "members": entries,
     }
-    seeds = seed_entries(study, front)
+    seeds = seed_entries(study, front, trials)
     if seeds:
         doc["seeds"] = seeds
         doc["hypervolume"] = front_hypervolumes(study, front, seeds)
-    points = points_of(study, front)
+    points = points_of(study, front, trials)
     title = f"{study.study_name}: {len(front)} front members of {len(points)} trained trials"
     write_atomic(out_dir / "pareto.json", json_text(doc))
     write_atomic(out_dir / "pareto.csv", csv_text(entries, names, models))
@@ -96,7 +96,7 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
 
 
 def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print, storage_url: str | None = None) -> dict:
     """Write the study's Pareto front to ``out_dir`` (see the module docstring for the files).
 
     Args:
@@ -104,6 +104,8 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
         out_dir: created if absent; existing files of the same names are replaced atomically.
         models: also write each member's deploy weights, model description and ONNX graph.
         log: where progress lines go.
+        storage_url: the study's database URL: its trials are then read with a few SQL queries
+            (``search.storage.read_trials``) instead of Optuna's full materialisation.
 
     Returns:
         The content of ``pareto.json``.
@@ -113,12 +115,15 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
     """
     out_dir = Path(out_dir)
     models_dir = _prepare_dir(out_dir, models)
-    front = pareto_front(study)
+    from search.storage import read_trials
+
+    trials = read_trials(study, storage_url)
+    front = pareto_front(study, trials, storage_url)
     entries = [member_entry(m) for m in front]
     try:
         if models:
             _export_models(study, front, entries, models_dir, log)
-        doc = _write_tables_and_plots(study, front, entries, out_dir, models)
+        doc = _write_tables_and_plots(study, front, entries, out_dir, models, trials)
     except OSError as e:
         raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None
     log(f"wrote {len(front)} front members ({doc['n_trained']} fully trained trials) to {out_dir}: "

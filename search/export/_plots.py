@@ -11,12 +11,12 @@ from search.record import read_record
 __all__ = ["points_of", "html", "png"]
 
 
-def points_of(study: optuna.Study, front: list[FrontMember]) -> list[dict]:
+def points_of(study: optuna.Study, front: list[FrontMember], trials: list | None = None) -> list[dict]:
     """One point per fully trained trial: accuracy, MACs, params, and whether it is on the front."""
     on_front = {m.number for m in front}
     names = objectives_of(study)
     points = []
-    for t in front_candidates(study):
+    for t in front_candidates(study, trials):
         rec = read_record(t)
         values = dict(zip(names, t.values or []))
         acc = rec.val_acc if rec.val_acc is not None else values.get("accuracy")

@@ -25,11 +25,12 @@ from search.storage._optuna_compat import NATIVE_CONSTRAINTS, params_in_one_writ
 from search.storage._optuna_compat import stale_trial_callback_kwargs as _stale_kwargs
 from search.storage._shared import Heartbeat, budget_lock, requeue_stale_trial
 from search.storage._sqlite import DriverLock, driver_holds, prepare_sqlite, study_names_in_file, tune_sqlite
+from search.storage._reader import StoredTrial, read_params, read_trials
 from search.storage._urls import display_url, sqlite_path
 
 __all__ = ["open_storage", "open_study", "load_existing_study", "make_sampler", "check_existing_database",
            "sqlite_path", "display_url", "DriverLock", "Heartbeat", "budget_lock", "params_in_one_write",
-           "set_constraints", "driver_holds", "HEARTBEAT_S"]
+           "set_constraints", "driver_holds", "read_trials", "read_params", "StoredTrial", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 5  # seconds between heartbeats on a shared database; a trial is stale after 6 missed
 
