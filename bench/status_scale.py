@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 import random
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,10 +37,12 @@ OBJECTIVES = ["accuracy", "macs", "params"]
 STATUSES = ["trained"] * 16 + ["infeasible", "duplicate", "stopped", "failed"]
 
 
-def _draws(n: int, rng: random.Random) -> list[tuple[str, dict, dict]]:
-    """(family, knobs JSON, Optuna params with distribution JSON) of ``n`` real draws (64 distinct
-    per family, reused: drawing is not what is measured)."""
-    from optuna.distributions import CategoricalDistribution, distribution_to_json
+def _draws(n: int, rng: random.Random) -> list[tuple[str, dict, dict, dict]]:
+    """(family, knobs JSON, Optuna params, their distributions) of ``n`` real draws (64 distinct per
+    family, reused: drawing is not what is measured)."""
+    import dataclasses
+
+    from optuna.distributions import CategoricalDistribution
 
     from space.knobs import draw_random
     from space.registry import get_family, list_families
@@ -53,67 +54,57 @@ def _draws(n: int, rng: random.Random) -> list[tuple[str, dict, dict]]:
         family = get_family(name)
         space = family.search_space()
         for _ in range(64):
-            record: dict = {}
-            knobs = family.sample(draw_random(space, rng, record))
-            params = {"family": (fam_dist.to_internal_repr(name), distribution_to_json(fam_dist))}
-            for key, value in record.items():
-                params[key] = (space[key].to_internal_repr(value), distribution_to_json(space[key]))
-            pool.append((name, json.loads(json.dumps(__import__("dataclasses").asdict(knobs))), params))
+            drawn: dict = {}
+            knobs = family.sample(draw_random(space, rng, drawn))
+            pool.append((name, json.loads(json.dumps(dataclasses.asdict(knobs))), {"family": name, **drawn},
+                         {"family": fam_dist, **{k: space[k] for k in drawn}}))
     return [pool[rng.randrange(len(pool))] for _ in range(n)]
 
 
 def build_study(path: Path, n: int, seed: int = 0) -> str:
     import optuna
+    from optuna.trial import FrozenTrial, TrialState
 
     from search.record import TrialRecord
+    from search.testing import bulk_add_trials
 
     url = f"sqlite:///{path}"
     study = optuna.create_study(study_name="scale", storage=url, directions=["maximize", "minimize", "minimize"])
     study.set_user_attr("objectives", OBJECTIVES)
-    study_id = study._study_id
     rng = random.Random(seed)
     t0 = dt.datetime(2026, 1, 1)
-    trials, values, attrs, params = [], [], [], []
     fidelity = {"dataset": "cifar10", "train_size": 3000, "val_size": 1000, "image_size": 16, "epochs": 10,
                 "batch_size": 64, "lr": 0.1, "seed": 0}
-    for i, (family, knobs, drawn) in enumerate(_draws(n, rng)):
-        tid = i + 1
+    trials = []
+    for i, (family, knobs, params, dists) in enumerate(_draws(n, rng)):
         status = STATUSES[rng.randrange(len(STATUSES))]
         start = t0 + dt.timedelta(seconds=30 * i)
-        end = start + dt.timedelta(seconds=rng.uniform(5, 60))
         macs, prm = rng.randrange(10**5, 10**8), rng.randrange(10**3, 10**7)
-        acc = min(0.99, max(0.1, 0.2 + 0.1 * (macs / 1e8) ** 0.3 * 6 + rng.gauss(0, 0.05)))
+        acc = min(0.99, max(0.1, 0.2 + 0.6 * (macs / 1e8) ** 0.3 + rng.gauss(0, 0.05)))
         curve = [round(acc * (k + 1) / 10, 4) for k in range(10)]
         rec = TrialRecord(family=family, knobs=knobs, arch_key=f"{i:016x}", fidelity=fidelity, constraints=[-0.5],
                           params=prm, macs=macs, train_params=prm * 2, train_macs=macs * 2, num_classes=10,
                           image_size=16, in_channels=3, mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26],
                           attempt=0, queued_seconds=0.01)
-        state = "COMPLETE"
+        state, values = TrialState.COMPLETE, [0.0, float(macs), float(prm)]
         if status in ("trained", "stopped"):
-            rec = rec.with_outcome(val_acc=acc, val_loss=1 - acc, test_acc=acc - 0.01, epochs=10 if status == "trained" else 3,
-                                   fidelity_reached=10 if status == "trained" else 3, train_seconds=40.0,
-                                   worker_seconds=41.0, curve=curve if status == "trained" else curve[:3],
-                                   checkpoint=f"/runs/scale/checkpoints/{i:016x}/checkpoint.pt", node="n0", pid=1)
-            state = "COMPLETE" if status == "trained" else "PRUNED"
+            reached = 10 if status == "trained" else 3
+            rec = rec.with_outcome(val_acc=acc, val_loss=1 - acc, test_acc=acc - 0.01, epochs=reached,
+                                   fidelity_reached=reached, train_seconds=40.0, worker_seconds=41.0,
+                                   curve=curve[:reached], node="n0", pid=1,
+                                   checkpoint=f"/runs/scale/checkpoints/{i:016x}/checkpoint.pt")
+            values[0] = acc
+            state = TrialState.COMPLETE if status == "trained" else TrialState.PRUNED
         elif status == "failed":
             rec = rec.with_outcome(failure_reason="RuntimeError: simulated", final=True)
-            state = "FAIL"
-        trials.append((tid, i, study_id, state, start.isoformat(" "), end.isoformat(" ")))
-        if state == "COMPLETE":
-            objective = [acc if status != "infeasible" else 0.0, float(macs), float(prm)]
-            values += [(tid, k, v, "FINITE") for k, v in enumerate(objective)]
+            state = TrialState.FAIL
         user = {"status": status, "family": family, "constraints": rec.constraints, "record": rec.to_dict()}
-        if status == "failed":
-            user["final"] = True
-        attrs += [(tid, k, json.dumps(v)) for k, v in user.items()]
-        params += [(tid, name, internal, dist) for name, (internal, dist) in drawn.items()]
-    with sqlite3.connect(path) as con:
-        con.executemany("INSERT INTO trials (trial_id, number, study_id, state, datetime_start, datetime_complete) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", trials)
-        con.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", values)
-        con.executemany('INSERT INTO trial_user_attributes (trial_id, "key", value_json) VALUES (?, ?, ?)', attrs)
-        con.executemany("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
-                        "VALUES (?, ?, ?, ?)", params)
+        trials.append(FrozenTrial(number=i, state=state, value=None,
+                                  values=values if state == TrialState.COMPLETE else None,
+                                  datetime_start=start, datetime_complete=start + dt.timedelta(seconds=rng.uniform(5, 60)),
+                                  params=params, distributions=dists, user_attrs=user, system_attrs={},
+                                  intermediate_values={}, trial_id=-1))
+    bulk_add_trials(url, "scale", trials)
     check = optuna.load_study(study_name="scale", storage=url).get_trials(deepcopy=False)[: min(n, 200)]
     assert all(t.user_attrs["record"]["arch_key"] for t in check) and check[0].params.get("family")
     return url

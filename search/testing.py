@@ -61,3 +61,39 @@ def sleeping_trial(spec: dict, data, report) -> dict:
 
     time.sleep(60)
     return cheap_trial(spec, data, report)
+
+
+def bulk_add_trials(url: str, study_name: str, trials: list) -> None:
+    """Write finished trials (``optuna.trial.create_trial`` objects) of an existing SQLite study with
+    bulk inserts into Optuna's schema: 100,000 trials in seconds, where ``Study.add_trials`` takes
+    about 15 ms each. For tests and benchmarks that need large studies; the rows are the ones Optuna
+    writes (numbers follow the trials already there)."""
+    import json
+    import sqlite3
+
+    import optuna
+    from optuna.distributions import distribution_to_json
+
+    from search.storage import sqlite_path
+
+    study = optuna.load_study(study_name=study_name, storage=url)
+    with sqlite3.connect(sqlite_path(url)) as con:
+        study_id = con.execute("SELECT study_id FROM studies WHERE study_name = ?", (study_name,)).fetchone()[0]
+        next_id = con.execute("SELECT COALESCE(MAX(trial_id), 0) FROM trials").fetchone()[0] + 1
+        number = len(study.trials)
+        rows, values, attrs, params = [], [], [], []
+        for i, t in enumerate(trials):
+            tid = next_id + i
+            rows.append((tid, number + i, study_id, t.state.name,
+                         t.datetime_start.isoformat(" ") if t.datetime_start else None,
+                         t.datetime_complete.isoformat(" ") if t.datetime_complete else None))
+            values += [(tid, k, v, "FINITE") for k, v in enumerate(t.values or [])]
+            attrs += [(tid, k, json.dumps(v)) for k, v in t.user_attrs.items()]
+            params += [(tid, name, t.distributions[name].to_internal_repr(v), distribution_to_json(t.distributions[name]))
+                       for name, v in t.params.items()]
+        con.executemany("INSERT INTO trials (trial_id, number, study_id, state, datetime_start, datetime_complete) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (?, ?, ?, ?)", values)
+        con.executemany('INSERT INTO trial_user_attributes (trial_id, "key", value_json) VALUES (?, ?, ?)', attrs)
+        con.executemany("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+                        "VALUES (?, ?, ?, ?)", params)
