@@ -178,6 +178,44 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    """optuna-dashboard's web app on the study's storage, served until Ctrl-C or SIGTERM."""
+    try:
+        from optuna_dashboard import wsgi
+    except ImportError:
+        raise UsageError("the dashboard needs optuna-dashboard: pip install 'effnas[dashboard]'") from None
+    import signal
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from search.storage import display_url, open_storage
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, *a) -> None:  # one line per request would bury the address line
+            pass
+
+    name, url = _study_and_storage(args)
+    storage = open_storage(url, create=False)  # a missing database is one clear error, not an empty page
+    try:
+        server = make_server(args.host, args.port, wsgi(storage), handler_class=QuietHandler)
+    except OSError as e:
+        raise UsageError(f"cannot serve on {args.host}:{args.port} ({e.strerror}); choose another --port") from None
+
+    def stop(signum, frame) -> None:  # serve_forever returns once shutdown() runs on another thread
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    print(f"dashboard of {display_url(url)} (study {name or 'all'}) on http://{args.host}:{args.port}/ "
+          f"(Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    print("dashboard stopped", flush=True)
+    return 0
+
+
 def cmd_export(args) -> int:
     from search.export import export_study
     from search.storage import load_existing_study
@@ -198,7 +236,7 @@ def cmd_export(args) -> int:
 
 COMMANDS: dict[str, Callable] = {
     "run": cmd_run, "status": cmd_status, "export": cmd_export, "validate": cmd_validate, "arch": cmd_arch,
-    "trials": cmd_trials, "evaluate": cmd_evaluate,
+    "trials": cmd_trials, "evaluate": cmd_evaluate, "dashboard": cmd_dashboard,
 }
 
 
@@ -213,13 +251,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("study", help="study YAML file")
     r.add_argument("--n-trials", type=int, help="train this many more architectures (default: up to budget.n_trials)")
     for name, helptext in (("status", "counts, front, time spent"), ("export", "write the Pareto front"),
-                           ("trials", "one line per trial: status, epochs, accuracy, costs, failure reason")):
+                           ("trials", "one line per trial: status, epochs, accuracy, costs, failure reason"),
+                           ("dashboard", "optuna-dashboard on the study's storage")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("study", nargs="?", help="study YAML file")
         s.add_argument("--storage", help="SQLAlchemy URL instead of a study file")
         s.add_argument("--study-name", help="study name inside --storage (if it holds several)")
         if name in ("status", "trials"):
             s.add_argument("--json", action="store_true")
+        elif name == "dashboard":
+            s.add_argument("--port", type=int, default=8080)
+            s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
         else:
             s.add_argument("--out", help="output folder (default: export/ in the study's run directory)")
             s.add_argument("--models", action="store_true", help="also write deploy weights (+ONNX) of each member")
