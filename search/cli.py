@@ -127,7 +127,8 @@ def cmd_run(args) -> int:
     cfg = load_study(args.study)
     if args.n_trials is not None and args.n_trials < 1:
         raise UsageError(f"--n-trials must be >= 1, got {args.n_trials}")
-    summary = Sweep(cfg, n_more=args.n_trials).run()
+    mode = "quiet" if args.quiet else ("live" if sys.stdout.isatty() else "lines")
+    summary = Sweep(cfg, n_more=args.n_trials, progress=mode, log=(lambda _: None) if args.quiet else print).run()
     # One overhead figure (README, `status`): the summary below prints it, measured from the database.
     print(f"done: {summary.trained} trained, {summary.stopped} stopped early, {summary.failed} failed, "
           f"{summary.infeasible} infeasible, {summary.duplicate} duplicates"
@@ -250,6 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run or resume a study")
     r.add_argument("study", help="study YAML file")
     r.add_argument("--n-trials", type=int, help="train this many more architectures (default: up to budget.n_trials)")
+    r.add_argument("--quiet", action="store_true", help="print only the final summary")
     for name, helptext in (("status", "counts, front, time spent"), ("export", "write the Pareto front"),
                            ("trials", "one line per trial: status, epochs, accuracy, costs, failure reason"),
                            ("dashboard", "optuna-dashboard on the study's storage")):

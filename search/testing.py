@@ -9,7 +9,8 @@ import hashlib
 import json
 import os
 
-__all__ = ["cheap_trial", "curve_trial", "failing_trial", "nonfinite_trial", "dying_trial", "sleeping_trial"]
+__all__ = ["cheap_trial", "curve_trial", "slow_curve_trial", "failing_trial", "nonfinite_trial", "dying_trial",
+           "sleeping_trial", "bulk_add_trials"]
 
 
 def _pseudo_accuracy(spec: dict) -> float:
@@ -38,6 +39,17 @@ def curve_trial(spec: dict, data, report) -> dict:
         if not report({"epoch": epoch, "val_acc": acc, "val_loss": 1 - acc}) and epoch < epochs:
             return {**_result(acc, epoch), "status": "stopped"}
     return _result(top, epochs)
+
+
+def slow_curve_trial(spec: dict, data, report) -> dict:
+    """curve_trial at 0.6 s per epoch: long enough for the driver to see each epoch (progress tests)."""
+    import time
+
+    def paced(metrics: dict) -> bool:
+        time.sleep(0.6)
+        return report(metrics)
+
+    return curve_trial(spec, data, paced)
 
 
 def failing_trial(spec: dict, data, report) -> dict:

@@ -30,7 +30,7 @@ from search.storage import (DriverLock, Heartbeat, budget_lock, check_existing_d
 from search.storage import _optuna_compat as compat
 from search.sweep._policy import SweepPolicy, Verdict, budget_used
 from search.sweep._progress import Progress, SweepSummary
-from search.sweep.backends import Backend, Finished, Priced, TrialSpec
+from search.sweep.backends import Backend, EpochReport, Finished, Priced, TrialSpec
 
 __all__ = ["Sweep", "load_study_data"]
 
@@ -113,10 +113,11 @@ class Sweep:
     """
 
     def __init__(self, cfg: StudyConfig, n_more: int | None = None, trial_fn: Callable | None = None,
-                 data=None, log: Callable[[str], None] = print, backend: Backend | None = None):
+                 data=None, log: Callable[[str], None] = print, backend: Backend | None = None,
+                 progress: str = "lines"):
         self.cfg, self.n_more, self.trial_fn, self.data = cfg, n_more, trial_fn, data
         self.summary = SweepSummary()
-        self.progress = Progress(self.summary, log)
+        self.progress = Progress(self.summary, log, progress)
         self.log = log
         self.backend = backend
         self.policy: SweepPolicy | None = None
@@ -253,10 +254,12 @@ class Sweep:
             self.log(f"{slots} concurrent trial(s), {self.cfg.resources.cpus_per_trial} CPU "
                      f"and {self.cfg.resources.gpus_per_trial} GPU each")
             loop_start = time.perf_counter()
+            self.progress.start(target, used, self.cfg.fidelity.epochs, self.cfg.directions)
             try:
                 with Heartbeat(study, self._held_trials):
                     self._loop(study)
             finally:
+                self.progress.close()
                 self.backend.close()
             self.summary.loop_seconds = time.perf_counter() - loop_start
         s = self.summary
@@ -452,6 +455,7 @@ class Sweep:
         self.backend.submit(p.number, self._spec(p))
         self.inflight[p.number] = (p, rec)
         self.progress.running = len(self.inflight)
+        self.progress.trial_started(p.number, p.family)
         faults.checkpoint("submitted")
 
     # -- one result -----------------------------------------------------------------------------
@@ -460,6 +464,9 @@ class Sweep:
         p, rec = self.inflight.pop(number)
         self.progress.running = len(self.inflight)
         status = TrialStatus(out.get("status", "failed"))
+        used = status in (TrialStatus.TRAINED, TrialStatus.STOPPED) or (
+            status == TrialStatus.FAILED and not self.policy.will_retry(rec.attempt or 0, out.get("failure_kind")))
+        self.progress.trial_finished(number, used)
         rec = rec.with_outcome(**{k: v for k, v in out.items() if k not in ("status", "traceback")})
         limit = self.cfg.constraints.max_latency_ms
         if limit is not None and out.get("latency_ms") is not None:
@@ -489,7 +496,7 @@ class Sweep:
             study.tell(p.trial, values)
             self.summary.trained += 1
             self.summary.stamp_result()
-            self.progress.note_trained(rec.val_acc, p.number)
+            self.progress.note_trained(rec.val_acc, p.number, values)
         else:
             study.tell(p.trial, state=TrialState.PRUNED)
             self.summary.stopped += 1
@@ -521,6 +528,8 @@ class Sweep:
             self._decide(study, proposal)
         elif isinstance(event, Finished):
             self._finish(study, event.token, event.result)
+        elif isinstance(event, EpochReport):
+            self.progress.epoch(event.token, event.metrics)
 
     def _loop(self, study: optuna.Study) -> None:
         limit = self.cfg.budget.time_limit_s
@@ -543,7 +552,8 @@ class Sweep:
                 # No more proposals come: choose from what the pool holds, unless the time is up.
                 self._screen_pool(study, release=out_of_time)
                 continue
-            for event in self.backend.next_events(timeout=None):
+            # Woken at least every second while trials train, for the per-epoch progress.
+            for event in self.backend.next_events(timeout=1.0 if self.inflight else None):
                 self._handle(study, event)
         if exhausted:
             self._give_up()

@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable
 
 from search.exceptions import ResourcesError, WorkerStartError
-from search.sweep.backends import Event, Finished, Priced, TrialSpec
+from search.sweep.backends import EpochReport, Event, Finished, Priced, TrialSpec
 from search.sweep.trial import TrialFn, run_trial
 
 __all__ = ["ActorsBackend"]
@@ -22,10 +22,10 @@ __all__ = ["ActorsBackend"]
 class _Worker:
     """Body of the trial actor (wrapped by ``ray.remote`` in :meth:`ActorsBackend.start`)."""
 
-    def __init__(self, data, threads: int, trial_fn: TrialFn | None, rung=None):
+    def __init__(self, data, threads: int, trial_fn: TrialFn | None, rung=None, epochs=None):
         import torch
 
-        self.data, self.rung, self.trial_fn = data, rung, trial_fn
+        self.data, self.rung, self.trial_fn, self.epochs = data, rung, trial_fn, epochs
         torch.set_num_threads(max(1, int(threads)))
 
     def ping(self) -> str:
@@ -39,6 +39,8 @@ class _Worker:
         costs = tuple(spec.get("rung_costs", ()))
 
         def goes_on(metrics: dict) -> bool:
+            if self.epochs is not None:  # per-epoch progress for the driver (fire and forget)
+                self.epochs.put.remote((spec["number"], {k: metrics[k] for k in ("epoch", "val_acc") if k in metrics}))
             if self.rung is None or not spec.get("early_stopping", True):
                 return True
             return ray.get(self.rung.should_continue.remote(metrics["epoch"], metrics["val_acc"], costs))
@@ -47,6 +49,20 @@ class _Worker:
         out["node"] = ray.get_runtime_context().get_node_id()
         out["pid"] = os.getpid()
         return out
+
+
+class _EpochLog:
+    """Per-epoch reports of every worker, drained by the driver for its progress view."""
+
+    def __init__(self):
+        self.items: list = []
+
+    def put(self, item) -> None:
+        self.items.append(item)
+
+    def drain(self) -> list:
+        items, self.items = self.items, []
+        return items
 
 
 class _RungActor:
@@ -143,6 +159,7 @@ class ActorsBackend:
         self.pricing: dict[Any, tuple[int, str, dict]] = {}  # future -> (token, family, knobs)
         self.inline: list[Event] = []                    # events produced without Ray (inline pricing)
         self.pricer = None
+        self.epoch_log = None
         self.nodes: set = set()
         self._new_worker: Callable[[], Any] | None = None
 
@@ -195,7 +212,8 @@ class ActorsBackend:
         worker_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0)(_Worker)
         rung = ray.remote(num_cpus=0)(_RungActor).remote(rung_rule) if rung_rule is not None else None
         data_ref, threads = ray.put(data), max(1, int(self.cpus))
-        self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung)
+        self.epoch_log = ray.remote(num_cpus=0)(_EpochLog).remote()
+        self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung, self.epoch_log)
         self.pricer = _on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
         self.idle = [self._new_worker() for _ in range(slots)]
         try:
@@ -227,7 +245,16 @@ class ActorsBackend:
         import ray
 
         ready, _ = ray.wait([*self.pricing, *self.busy], num_returns=1, timeout=timeout)
-        return [self._priced(f) if f in self.pricing else self._finished(f) for f in ready]
+        epochs = self._epoch_reports() if self.epoch_log is not None and self.busy else []
+        return epochs + [self._priced(f) if f in self.pricing else self._finished(f) for f in ready]
+
+    def _epoch_reports(self) -> list[EpochReport]:
+        import ray
+
+        try:
+            return [EpochReport(token, metrics) for token, metrics in ray.get(self.epoch_log.drain.remote(), timeout=5)]
+        except Exception:  # progress is never worth failing the sweep over
+            return []
 
     def _priced(self, future) -> Priced:
         import ray
