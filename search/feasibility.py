@@ -11,10 +11,10 @@ import random
 from typing import Any
 
 from search.config import StudyConfig
-from search.exceptions import BudgetUnreachableError
+from search.exceptions import BudgetUnreachableError, StudyFileError
 
 __all__ = ["price", "cost_constraints", "is_feasible", "latency_constraint", "latency_within",
-           "check_budget_reachable"]
+           "check_budget_reachable", "check_seed_costs"]
 
 
 def cost_constraints(cfg: StudyConfig, cost: dict[str, Any]) -> dict[str, float]:
@@ -75,3 +75,15 @@ def check_budget_reachable(cfg: StudyConfig, spaces: dict[str, dict], data_meta:
         f"{cfg.path}: constraints: no probed architecture meets max_macs={c.max_macs} / "
         f"max_params={c.max_params} (the smallest corner of every family is over budget); raise the "
         f"limits or narrow the families' knobs towards smaller networks (`python -m search validate`)")
+
+
+def check_seed_costs(cfg, data_meta: dict) -> None:
+    """Refuse a seed over the study's MACs/params limits at its data shape (before anything is written)."""
+    for i, seed in enumerate(cfg.seeds):
+        cost, constraints = price(cfg, seed.family, seed.knobs, data_meta)
+        if not is_feasible(constraints):
+            over = ", ".join(f"{k[4:]} {cost[k[4:]]:,} > {getattr(cfg.constraints, k):,.0f}"
+                             for k, v in constraints.items() if v > 0)
+            raise StudyFileError(cfg.path, f"seeds[{i}]", f"seed {seed.name!r} breaks the study's constraints at "
+                                                          f"{data_meta['image_size']}x{data_meta['image_size']} "
+                                                          f"({over}); raise the limit or drop the seed")

@@ -3,7 +3,8 @@
 A study file's ``seeds:`` lists the papers' presets by name (``condensenet-86``) or explicit designs
 (``{family: igcv2, knobs: {...}, name: my-igc}``). Each is checked when the study file is read (the
 preset exists, its family is searched, its knobs are valid and inside the study's knob ranges) and
-again once the data shape is known (its costs meet the study's MACs/params limits). The sweep
+again once the data shape is known (its costs meet the study's MACs/params limits:
+``search.feasibility.check_seed_costs``). The sweep
 enqueues every seed that no trial carries yet, before it asks the sampler for anything, so seeds are
 trained first, at the study's fidelity and data shape, and never twice (a resumed or retried seed is
 the same trial lineage). Seeds are not stopped at rungs: a reference stopped early says nothing.
@@ -20,7 +21,7 @@ from typing import Any
 
 from search.exceptions import StudyFileError
 
-__all__ = ["Seed", "parse_seeds", "check_seed_costs", "SEED_ATTR", "SEED_KNOBS_ATTR"]
+__all__ = ["Seed", "parse_seeds", "SEED_ATTR", "SEED_KNOBS_ATTR"]
 
 SEED_ATTR = "seed"              # user attribute: the seed's name
 SEED_KNOBS_ATTR = "seed_knobs"  # user attribute: its knobs (JSON form), read instead of drawing
@@ -130,50 +131,3 @@ def parse_seeds(raw: tuple, families: dict, path: str) -> tuple[Seed, ...]:
         names[seed.name] = i
         seeds.append(seed)
     return tuple(seeds)
-
-
-def check_seed_costs(cfg, data_meta: dict) -> None:
-    """Refuse a seed over the study's MACs/params limits at its data shape (before anything is written)."""
-    from search.feasibility import is_feasible, price
-
-    for i, seed in enumerate(cfg.seeds):
-        cost, constraints = price(cfg, seed.family, seed.knobs, data_meta)
-        if not is_feasible(constraints):
-            over = ", ".join(f"{k[4:]} {cost[k[4:]]:,} > {getattr(cfg.constraints, k):,.0f}"
-                             for k, v in constraints.items() if v > 0)
-            raise StudyFileError(cfg.path, f"seeds[{i}]", f"seed {seed.name!r} breaks the study's constraints at "
-                                                          f"{data_meta['image_size']}x{data_meta['image_size']} "
-                                                          f"({over}); raise the limit or drop the seed")
-
-
-def seed_entries(study, front, trials: list | None = None) -> list[dict]:
-    """One entry per seed the study holds (read from the database alone): its trial, status,
-    objective values and the front member that dominates it (the cheapest one), or None.
-
-    A seed whose architecture had been trained already (a duplicate) points at that trial."""
-    from search.pareto import dominates, objectives_of
-    from search.record import TrialStatus, read_record, trial_status
-
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    by_number = {t.number: t for t in trials}
-    latest: dict[str, object] = {}
-    for t in trials:  # a retried seed is the last trial of its lineage
-        name = t.user_attrs.get(SEED_ATTR)
-        if name is not None:
-            latest[name] = t
-    names = objectives_of(study)
-    signs = [1 if d.name == "MAXIMIZE" else -1 for d in study.directions]
-    entries = []
-    for name, t in latest.items():
-        rec, status = read_record(t), trial_status(t)
-        trained = t
-        if status == TrialStatus.DUPLICATE and rec.duplicate_of in by_number:
-            trained = by_number[rec.duplicate_of]
-        values = list(trained.values) if trained.values and trial_status(trained) in (
-            TrialStatus.TRAINED, TrialStatus.IMPORTED) else None
-        beaten_by = [m for m in front if values is not None and dominates(list(m.values.values()), values, signs)]
-        entries.append({"name": name, "trial": t.number, "trained_in": trained.number, "family": rec.family,
-                        "status": str(status), "values": dict(zip(names, values)) if values else None,
-                        "dominated_by": beaten_by[0].number if beaten_by else None,
-                        "n_dominating": len(beaten_by)})
-    return entries

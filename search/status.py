@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from search.export._tables import member_entry
 from search.pareto import front_hypervolumes, objectives_of, pareto_front
 from search.record import read_record, trial_status
-from search.seeds import seed_entries
+from search.seed_report import seed_entries
 
 __all__ = ["status_dict", "print_status", "trial_rows", "print_trials"]
 

@@ -40,7 +40,6 @@ def _get(url: str, deadline: float):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_dashboard_serves_the_study_and_stops_cleanly(tmp_path, sig):
-    pytest.importorskip("optuna_dashboard", reason="pip install 'effnas[dashboard]'")
     db = tmp_path / "study.db"
     with sqlite3.connect(db) as con:
         con.executescript(FIXTURE.read_text())
@@ -69,7 +68,6 @@ def test_dashboard_of_a_missing_database_is_one_clear_error(tmp_path, capsys):
 
 
 def test_dashboard_on_a_port_in_use_is_one_clear_error(tmp_path, capsys):
-    pytest.importorskip("optuna_dashboard", reason="pip install 'effnas[dashboard]'")
     from search.cli import main
 
     db = tmp_path / "study.db"

@@ -2,8 +2,8 @@
 
 It must load offline (every request other than the file itself is refused), log no console error,
 and draw one point per front member and per trained trial, with each member's family and costs in
-its hover text. Needs a Chromium binary (Debian's ``chromium`` package; ``.ci/run`` installs it) and
-the ``playwright`` package (the test extra): without them the test skips and says why.
+its hover text. Needs a Chromium binary (Debian's ``chromium`` package; ``.ci/run`` installs it):
+without one the test skips and says why. Playwright (the test extra) drives it.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
+
+from playwright import sync_api as playwright
 
 from search.export import export_study
 from search.testing import bulk_add_trials
@@ -59,7 +61,6 @@ _TRACES_JS = """() => {
 
 @pytest.mark.parametrize("n", [40, 2500])  # SVG points; WebGL (scattergl) for the grey ones from 2,000 on
 def test_pareto_page_loads_offline_and_shows_every_point(tmp_path, n):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
     binary = _chromium()
     study = _study(tmp_path, n)
     url = f"sqlite:///{tmp_path / 'study.db'}"

@@ -39,7 +39,7 @@ from search.export._models import MODEL_FORMAT, ExportedModel, export_member_mod
 from search.export._plots import html, png, points_of
 from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
 from search.pareto import FrontMember, front_candidates, front_hypervolumes, objectives_of, pareto_front
-from search.seeds import seed_entries
+from search.seed_report import seed_entries
 
 __all__ = ["ExportError", "export_study", "load_model", "load_exported", "ExportedModel", "MODEL_FORMAT"]
 

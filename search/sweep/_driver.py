@@ -20,11 +20,11 @@ from search import faults
 from search.asha import Asha
 from search.config import StudyConfig
 from search.exceptions import DataError, SearchSpaceExhausted
-from search.feasibility import check_budget_reachable, is_feasible, latency_constraint
+from search.feasibility import check_budget_reachable, check_seed_costs, is_feasible, latency_constraint
 from search.prescreen import Candidate, choose
 from search.proposal import Proposal, family_spaces, propose, seed_proposal
 from search.record import (TrialRecord, TrialStatus, read_record, trial_status, write_pending, write_record)
-from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR, check_seed_costs
+from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR
 from search.storage import (DriverLock, Heartbeat, budget_lock, check_existing_database, display_url,
                             make_sampler, open_study, params_in_one_write, set_constraints, sqlite_path)
 from search.storage import _optuna_compat as compat
