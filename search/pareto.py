@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.record import TrialRecord, TrialStatus, read_record, trial_status
 
 __all__ = ["FrontMember", "front_candidates", "non_dominated", "pareto_front", "objectives_of", "hypervolume",
-           "dominates", "front_hypervolumes"]
+           "dominates", "front_hypervolumes", "hypervolume_over_time"]
 
 
 @dataclass(frozen=True)
@@ -147,3 +147,54 @@ def front_hypervolumes(study: optuna.Study, front: list[FrontMember], seeds: lis
     hv_seeds = hypervolume([_log_space(p, directions) for p in seed_points], directions, reference)
     return {"front": hv_front, "seeds": hv_seeds, "ratio": hv_front / hv_seeds if hv_seeds > 0 else None,
             "reference": reference, "space": "accuracy; log10 of each cost"}
+
+
+def _active_clock(trials: list):
+    """``f(timestamp) -> seconds of active wall time before it``: the union of the trials' ask-to-tell
+    spans, as `status` counts wall time (the gaps between runs, when nothing ran, are left out)."""
+    import bisect
+
+    merged: list[list[float]] = []
+    for start, stop in sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp())
+                              for t in trials if t.datetime_start and t.datetime_complete):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    before = [0.0]  # active seconds before each merged span
+    for start, stop in merged:
+        before.append(before[-1] + stop - start)
+    starts = [m[0] for m in merged]
+
+    def active(ts: float) -> float:
+        i = bisect.bisect_right(starts, ts) - 1
+        return 0.0 if i < 0 else before[i] + min(ts, merged[i][1]) - merged[i][0]
+
+    return active
+
+
+def hypervolume_over_time(study: optuna.Study, trials: list | None = None, steps: int = 40) -> dict | None:
+    """The front's hypervolume as the study went on, at ``steps`` even moments of active wall time,
+    over the trials trained by each moment: accuracy as it is against 0, each cost as log10 against
+    0.1 decade above the largest of all trained trials (one reference for the whole curve). None
+    without trained trials or with other than 2-3 objectives."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    directions = [d.name.lower() for d in study.directions]
+    done = [t for t in front_candidates(study, trials) if t.datetime_complete]
+    if len(directions) not in (2, 3) or not done:
+        return None
+    active = _active_clock(trials)
+    points = sorted((active(t.datetime_complete.timestamp()), _log_space(list(t.values), directions)) for t in done)
+    reference = [0.0 if d == "maximize" else max(p[i] for _, p in points) + 0.1 for i, d in enumerate(directions)]
+    horizon = points[-1][0]
+    seconds, volumes, front, i = [], [], [], 0
+    for k in range(1, steps + 1):
+        at = horizon * k / steps
+        while i < len(points) and points[i][0] <= at + 1e-9:
+            front.append(points[i][1])
+            i += 1
+        front = [front[j] for j in non_dominated(front, directions)]  # later fronts only need this one
+        seconds.append(round(at, 1))
+        volumes.append(hypervolume(front, directions, reference) if front else 0.0)
+    return {"seconds": seconds, "hypervolume": volumes, "reference": reference,
+            "space": "accuracy; log10 of each cost", "clock": "active wall time (gaps between runs left out)"}

@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.export._tables import member_entry
-from search.pareto import front_hypervolumes, objectives_of, pareto_front
+from search.pareto import front_hypervolumes, hypervolume_over_time, objectives_of, pareto_front
 from search.record import read_record, trial_status
 from search.seed_report import seed_entries
 
@@ -71,6 +71,7 @@ def status_dict(study: optuna.Study, storage_url: str | None = None) -> dict:
         "pareto": [member_entry(m) for m in front],  # the same entries, under the same keys, as pareto.json
         "seeds": seeds,
         "hypervolume": front_hypervolumes(study, front, seeds),
+        "hypervolume_over_time": hypervolume_over_time(study, trials),
     }
 
 
@@ -94,6 +95,17 @@ def print_status(study: optuna.Study, storage_url: str | None = None) -> None:
         proxies = "  ".join(f"{k} {v:.3g}" for k, v in m["proxies"].items() if v is not None)
         print(f"  #{m['trial']:<5d} {m['family']:12s} {vals}" + (f"  | {proxies}" if proxies else ""))
     _print_seeds(s)
+    _print_hypervolume_over_time(s["hypervolume_over_time"])
+
+
+def _print_hypervolume_over_time(curve: dict | None) -> None:
+    """Five moments of the curve (`export` plots all of it)."""
+    if not curve:
+        return
+    n = len(curve["seconds"])
+    picks = sorted({round(k * (n - 1) / 4) for k in range(5)})
+    print("front hypervolume over active wall time (" + curve["space"] + "): "
+          + ", ".join(f"{curve['hypervolume'][i]:.3f} at {curve['seconds'][i]:.0f}s" for i in picks))
 
 
 def _print_seeds(s: dict) -> None:

@@ -55,7 +55,7 @@ def _study(folder: Path, n: int) -> optuna.Study:
 # Traces as the page holds them, read back from plotly's own graph div.
 _TRACES_JS = """() => {
   const gd = document.querySelector('.js-plotly-plot');
-  return gd.data.map(t => ({type: t.type, name: t.name, n: t.x.length, text: t.text}));
+  return gd.data.map(t => ({type: t.type, name: t.name, n: t.x.length, text: t.text, xaxis: t.xaxis}));
 }"""
 
 
@@ -90,7 +90,9 @@ def test_pareto_page_loads_offline_and_shows_every_point(tmp_path, n):
     assert not errors, errors
     assert not foreign, foreign
     members = {m["trial"]: m for m in doc["members"]}
-    first_axis = traces[: len(traces) // 2]  # the same traces are drawn again against params
+    first_axis = [t for t in traces if t["xaxis"] == "x"]  # drawn again against params (x2)
+    curve = [t for t in traces if t["xaxis"] == "x3"]
+    assert len(curve) == 1 and curve[0]["n"] == len(doc["hypervolume_over_time"]["seconds"])
     assert sum(t["n"] for t in first_axis) == n  # one point per trained trial (front members included)
     assert sum(t["n"] for t in first_axis if t["name"].startswith("front")) == len(members)
     for t in first_axis:
@@ -103,4 +105,4 @@ def test_pareto_page_loads_offline_and_shows_every_point(tmp_path, n):
     assert grey["type"] == ("scattergl" if grey["n"] >= 2000 else "scatter")
     assert n < 2000 or grey["type"] == "scattergl"
     if n < 2000:  # SVG: every marker of both panels is in the DOM
-        assert svg_points == 2 * n
+        assert svg_points == 2 * n + curve[0]["n"]  # both panels, and the hypervolume curve's markers

@@ -98,3 +98,20 @@ def test_trials_left_running_by_a_stopped_driver_are_interrupted_not_running(tmp
         os.close(fd)
     print_status(s, url)
     assert "2 interrupted (their driver stopped; `run` again re-queues them)" in capsys.readouterr().out
+
+
+def test_front_hypervolume_over_active_wall_time(study):
+    import math
+
+    from search.pareto import hypervolume, hypervolume_over_time
+
+    curve = hypervolume_over_time(study)
+    assert len(curve["seconds"]) == 40 and curve["seconds"][-1] == pytest.approx(25.0)  # last trained trial's end
+    assert curve["hypervolume"] == sorted(curve["hypervolume"])  # a front only grows
+    final = [0.505, math.log10(1e6 - 5), math.log10(1e4)]  # the second trial dominates the first
+    assert curve["hypervolume"][-1] == pytest.approx(
+        hypervolume([final], ["maximize", "minimize", "minimize"], curve["reference"]))
+    assert curve["hypervolume"][0] == 0.0  # nothing had finished 0.6 s in
+    _add(study, 3600, 3610)  # a later run: the hour between runs is not on the clock
+    assert hypervolume_over_time(study)["seconds"][-1] == pytest.approx(25.0 + 0.2 + 9.0 + 10.0)
+    assert status_dict(study)["hypervolume_over_time"]["seconds"][-1] == pytest.approx(44.2)

@@ -38,7 +38,8 @@ from search.export._files import clean, json_text, write_atomic
 from search.export._models import MODEL_FORMAT, ExportedModel, export_member_model, load_exported, load_model
 from search.export._plots import html, png, points_of
 from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
-from search.pareto import FrontMember, front_candidates, front_hypervolumes, objectives_of, pareto_front
+from search.pareto import (FrontMember, front_candidates, front_hypervolumes, hypervolume_over_time, objectives_of,
+                           pareto_front)
 from search.seed_report import seed_entries
 
 __all__ = ["ExportError", "export_study", "load_model", "load_exported", "ExportedModel", "MODEL_FORMAT"]
@@ -81,6 +82,8 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
         "n_trained": len(front_candidates(study, trials)),
         "members": entries,
     }
+    curve = hypervolume_over_time(study, trials)
+    doc["hypervolume_over_time"] = curve
     seeds = seed_entries(study, front, trials)
     if seeds:
         doc["seeds"] = seeds
@@ -90,8 +93,8 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
     write_atomic(out_dir / "pareto.json", json_text(doc))
     write_atomic(out_dir / "pareto.csv", csv_text(entries, names, models))
     faults.checkpoint("exporting")
-    write_atomic(out_dir / "pareto.html", html(points, title))
-    write_atomic(out_dir / "pareto.png", png(points, title))
+    write_atomic(out_dir / "pareto.html", html(points, title, curve))
+    write_atomic(out_dir / "pareto.png", png(points, title, curve))
     return doc
 
 

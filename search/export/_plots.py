@@ -49,7 +49,9 @@ def _trace(pts: list[dict], cost: str, name: str, family: str | None, axis: int,
             "text": [_hover(p, knobs or not grey) for p in pts], "hovertemplate": "%{text}<extra></extra>"}
 
 
-def html(points: list[dict], title: str) -> str:
+def html(points: list[dict], title: str, curve: dict | None = None) -> str:
+    """Accuracy against MACs and against params (one point per trained trial), and the front's
+    hypervolume over active wall time (``curve``, from ``search.pareto.hypervolume_over_time``)."""
     import plotly.io as pio
 
     knobs = len(points) <= _KNOBS_IN_HOVER_UP_TO
@@ -58,29 +60,39 @@ def html(points: list[dict], title: str) -> str:
                for fam in sorted({p["family"] for p in points if p["front"]})]
     data = [_trace(pts, cost, name, family, axis, knobs)
             for axis, cost in ((1, "macs"), (2, "params")) for name, pts, family in groups]
+    if curve:
+        data.append({"type": "scatter", "mode": "lines+markers", "line": {"shape": "hv"}, "x": curve["seconds"],
+                     "y": curve["hypervolume"], "xaxis": "x3", "yaxis": "y2", "name": "front hypervolume",
+                     "showlegend": False, "hovertemplate": "%{y:.4f} after %{x:.0f} s<extra></extra>"})
     layout = {
         "title": {"text": title}, "template": pio.templates["plotly_white"].to_plotly_json(), "hovermode": "closest",
-        "xaxis": {"type": "log", "title": {"text": "MACs"}, "domain": [0.0, 0.47]},
-        "xaxis2": {"type": "log", "title": {"text": "params"}, "domain": [0.53, 1.0]},
+        "xaxis": {"type": "log", "title": {"text": "MACs"}, "domain": [0.0, 0.3]},
+        "xaxis2": {"type": "log", "title": {"text": "params"}, "domain": [0.35, 0.65]},
+        "xaxis3": {"title": {"text": "active wall time (s)"}, "domain": [0.72, 1.0], "anchor": "y2"},
         "yaxis": {"title": {"text": "validation accuracy"}},
+        "yaxis2": {"title": {"text": "front hypervolume"}, "anchor": "x3"},
         "annotations": [{"text": text, "x": x, "y": 1.0, "xref": "paper", "yref": "paper", "showarrow": False,
                          "xanchor": "center", "yanchor": "bottom", "font": {"size": 16}}
-                        for text, x in (("accuracy vs MACs", 0.235), ("accuracy vs params", 0.765))],
+                        for text, x in (("accuracy vs MACs", 0.15), ("accuracy vs params", 0.5),
+                                        ("front hypervolume over time", 0.86))],
     }
     # Inline plotly.js: the page must open without a network (a cluster node, a laptop on a train).
     return pio.to_html({"data": data, "layout": layout}, include_plotlyjs=True, full_html=True,
                        include_mathjax=False, validate=False)
 
 
-def png(points: list[dict], title: str) -> bytes:
+def png(points: list[dict], title: str, curve: dict | None = None) -> bytes:
     # Figure + Agg canvas directly: no pyplot, so the caller's matplotlib backend is left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    fig = Figure(figsize=(12, 5), dpi=100)
+    fig = Figure(figsize=(17, 5), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    axes[1].sharey(axes[0])
+    axes[1].tick_params(labelleft=False)
+    hv_ax, axes = axes[2], axes[:2]
     rest = [p for p in points if not p["front"]]
     front = [p for p in points if p["front"]]
     for ax, cost in zip(axes, ("macs", "params")):
@@ -98,11 +110,17 @@ def png(points: list[dict], title: str) -> bytes:
         ax.set_title(f"accuracy vs {'MACs' if cost == 'macs' else 'params'}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy")
+    if curve:
+        hv_ax.step(curve["seconds"], curve["hypervolume"], where="post")
+    hv_ax.set_xlabel("active wall time (s)")
+    hv_ax.set_ylabel("front hypervolume")
+    hv_ax.set_title("front hypervolume over time")
+    hv_ax.grid(alpha=0.3)
     if points:
         axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
     # Fixed margins: tight_layout measures every artist (half a second at 10,000 points) for these.
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.11, top=0.86, wspace=0.06)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.11, top=0.86, wspace=0.12)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
