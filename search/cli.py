@@ -241,7 +241,15 @@ COMMANDS: dict[str, Callable] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def _presets_epilog() -> str:
+    from space.registry import list_families, list_presets
+
+    return (f"families: {', '.join(list_families())}\npresets: {', '.join(list_presets())}")
+
+
+def _parser(arch_help: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``arch_help``: list the presets under `arch --help` (that imports torch, so
+    only when that help is asked for)."""
     # The `effnas` script and `python -m search` are the same program; help names the one typed.
     prog = "effnas" if os.path.basename(sys.argv[0]) == "effnas" else "python -m search"
     p = argparse.ArgumentParser(prog=prog, description="effnas: NAS sweeps over efficient CNN families")
@@ -275,7 +283,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("study", help="the study YAML file (its data section says which images)")
     e.add_argument("--split", choices=("test", "val"), default="test")
     e.add_argument("--json", action="store_true")
-    a = sub.add_parser("arch", help="configuration, params and MACs of a preset or family")
+    a = sub.add_parser("arch", help="configuration, params and MACs of a preset or family",
+                       epilog=_presets_epilog() if arch_help else None,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("name", help="preset (condensenetv2-110, ...) or family (rsnet, ...)")
     a.add_argument("--classes", type=int)
     a.add_argument("--image-size", type=int)
@@ -305,7 +315,8 @@ def _show_causes(error: BaseException) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    args_in = sys.argv[1:] if argv is None else argv
+    parser = _parser(arch_help="arch" in args_in and ("-h" in args_in or "--help" in args_in))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on misuse; effnas promises status 1

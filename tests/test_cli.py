@@ -157,3 +157,9 @@ def test_arch_set_takes_study_file_names_for_one_stage(capsys):
     assert main(["arch", "condensenet-86", "--set", "growth=[8, 24, 32]", "--json"]) == 0
     whole = json.loads(capsys.readouterr().out)
     assert one["knobs"]["growth"] == [8, 24, 32] and one == whole
+
+
+def test_arch_help_lists_the_presets(capsys):
+    assert main(["arch", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "presets: " in out and "condensenetv2-110" in out and "rsnet-115" in out

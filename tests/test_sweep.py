@@ -134,8 +134,9 @@ def test_resume_requeues_interrupted_trials_and_extends(tmp_path, ray_local, dig
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
     # Run again: the budget is met, nothing new; --n-trials 2: exactly two more.
     assert Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run().trained == 0
-    Sweep(cfg, n_more=2, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+    extended = Sweep(cfg, n_more=2, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     assert _statuses(cfg).count("trained") == 5
+    assert extended.duplicate == 0  # the resumed sampler does not replay the first run's draws
 
 
 @pytest.mark.parametrize("fn,kind,n_failed", [

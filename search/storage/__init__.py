@@ -39,11 +39,14 @@ def _constraints_of(trial) -> list[float]:
     return list(trial.user_attrs.get("constraints", [0.0]))
 
 
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: StudyConfig, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
     """The study's sampler; constrained samplers learn from the stored constraint values.
 
     Drivers sharing a server database would propose the very same sequence with one seed, so each
-    one offsets it by its process id there; a single SQLite driver keeps the seed as written.
+    one offsets it by its process id there; a single SQLite driver keeps the seed as written, offset
+    by ``resumed_at`` (the trials the study already holds): a resumed or extended study would
+    otherwise replay the first run's draws, which are all duplicates by then. The sequence still
+    depends only on the seed and the study's history.
 
     Raises:
         StudyFileError: ``sampler.options`` holds an option the sampler does not take.
@@ -51,6 +54,8 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     s = cfg.sampler
     if s.seed is not None and sqlite_path(cfg.storage_url) is None:
         s = dataclasses.replace(s, seed=s.seed + os.getpid())
+    elif s.seed is not None and resumed_at:
+        s = dataclasses.replace(s, seed=s.seed + resumed_at)
     opts = dict(s.options)
     # Optuna >= 5 reads constraints stored with Trial.set_constraint; older ones need a function.
     constrained = {} if NATIVE_CONSTRAINTS else {"constraints_func": _constraints_of}

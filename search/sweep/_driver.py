@@ -237,6 +237,9 @@ class Sweep:
         self.preflight()
         with DriverLock(self.cfg.storage_url, self.cfg.path, self.cfg.study):
             study = open_study(self.cfg, sampler=self.sampler)
+            held = len(study.get_trials(deepcopy=False))
+            if held:  # a resumed study: not the first run's draws again (see make_sampler)
+                study.sampler = make_sampler(self.cfg, resumed_at=held)
             recovered = self._recover(study)
             if self.cfg.warm_start is not None:
                 from search.warm_start import import_trials
