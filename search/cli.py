@@ -140,30 +140,29 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_status(args) -> int:
-    from search.status import print_status, status_dict
+def _report(args, as_data: Callable, printed: Callable) -> int:
+    """A read-only report of one study: JSON with --json, else text (`status`, `trials`)."""
     from search.storage import load_existing_study
 
     name, url = _study_and_storage(args)
     study = load_existing_study(url, name)
     if args.json:
-        print(json.dumps(status_dict(study, url), indent=2))
+        print(json.dumps(as_data(study, url), indent=2))
     else:
-        print_status(study, url)
+        printed(study, url)
     return 0
+
+
+def cmd_status(args) -> int:
+    from search.status import print_status, status_dict
+
+    return _report(args, status_dict, print_status)
 
 
 def cmd_trials(args) -> int:
     from search.status import print_trials, trial_rows
-    from search.storage import load_existing_study
 
-    name, url = _study_and_storage(args)
-    study = load_existing_study(url, name)
-    if args.json:
-        print(json.dumps(trial_rows(study, url), indent=2))
-    else:
-        print_trials(study, url)
-    return 0
+    return _report(args, trial_rows, print_trials)
 
 
 def cmd_evaluate(args) -> int:

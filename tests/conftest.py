@@ -29,3 +29,14 @@ def require_shared_cifar10() -> Path:
 @pytest.fixture
 def cifar10_dir() -> Path:
     return require_shared_cifar10()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray instance (2 CPUs) for one test module, never a cluster that RAY_ADDRESS
+    or a stale address file names."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -22,15 +22,6 @@ def _cfg(tmp_path, name: str):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def digits():
     from trainers.data import DataConfig, load_data
 

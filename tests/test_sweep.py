@@ -54,16 +54,6 @@ def _cfg(tmp_path, **changes) -> "StudyConfig":  # noqa: F821
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    # A private instance, never a cluster that RAY_ADDRESS or a stale address file names.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def digits():
     from trainers.data import DataConfig, load_data
 
