@@ -4,6 +4,7 @@ any reader may fail with "database is locked"."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -43,6 +44,14 @@ print(n)
 """
 
 
+def _study_created(db: Path, name: str) -> bool:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return conn.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.OperationalError:  # the schema is still being written
+        return False
+
+
 def test_readers_never_see_a_locked_database(tmp_path):
     study = {
         "study": "readers", "run_dir": str(tmp_path / "run"),
@@ -60,9 +69,14 @@ def test_readers_never_see_a_locked_database(tmp_path):
     run = lambda *a: subprocess.Popen([sys.executable, *a], cwd=tmp_path, env=env, text=True,  # noqa: E731
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     driver = run(str(tmp_path / "driver.py"), str(path))
-    while not (tmp_path / "run" / "study.db").exists() and driver.poll() is None:
+    # status and export report on a study, so they start once the driver has created it (before
+    # that they rightly answer "holds no study"); the tight reader starts as soon as the file exists.
+    db = tmp_path / "run" / "study.db"
+    while not db.exists() and driver.poll() is None:
         time.sleep(0.1)
     hammer = run(str(tmp_path / "hammer.py"), url, "25")
+    while not _study_created(db, "readers") and driver.poll() is None:
+        time.sleep(0.1)
     readers = []
     while driver.poll() is None and len(readers) < 6:
         readers.append(run("-m", "search", "status", str(path), "--json"))
