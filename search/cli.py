@@ -230,8 +230,27 @@ def cmd_export(args) -> int:
         from search.config import study_location
 
         out = study_location(args.study)[2] / "export"
-    export_study(study, out, models=args.models, storage_url=url)
+    images = _check_images(args.study) if args.models and args.study and not args.storage else None
+    export_study(study, out, models=args.models, storage_url=url, check_images=images)
     return 0
+
+
+def _check_images(study_file: str):
+    """32 normalised validation images of the study, for checking the exported ONNX graphs (None,
+    with a line saying why, when the study's data cannot be loaded here)."""
+    from search.config import load_study
+    from search.exceptions import DataError
+    from search.sweep import load_study_data
+
+    try:
+        data = load_study_data(load_study(study_file))
+    except DataError as e:
+        print(f"ONNX graphs are checked on random inputs: {e}", flush=True)
+        return None
+    x = data.val_x[:32].float().div_(255)
+    mean = x.new_tensor(data.mean).view(1, -1, 1, 1)
+    std = x.new_tensor(data.std).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 COMMANDS: dict[str, Callable] = {

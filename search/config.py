@@ -23,8 +23,8 @@ from search.exceptions import StudyFileError
 __all__ = [
     "StudyConfig", "DataSection", "FamilySection", "ConstraintsSection", "SamplerSection",
     "BudgetSection", "FidelitySection", "AshaSection", "TrainSection", "ResourcesSection",
-    "RaySection", "RetrySection", "ProxiesSection", "PrescreenSection", "load_study", "parse_study",
-    "OBJECTIVES", "SAMPLERS", "DATASETS", "PROXIES",
+    "RaySection", "RetrySection", "ProxiesSection", "PrescreenSection", "LatencySection", "load_study",
+    "parse_study", "OBJECTIVES", "SAMPLERS", "DATASETS", "PROXIES", "LATENCY_RUNTIMES",
 ]
 
 OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", "latency": "minimize"}
@@ -32,6 +32,7 @@ SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp", "bruteforce")
 DATASETS = ("cifar10", "cifar100", "npz", "digits", "mnist", "fashion_mnist")
 FAMILIES = ("condensenet", "igcv2", "rsnet", "slimconv")  # space.list_families(), without importing torch
 PROXIES = ("synflow", "naswot", "snip", "grad_norm")  # trainers.proxies
+LATENCY_RUNTIMES = ("torch", "onnxruntime")  # trainers.latency.RUNTIMES
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -140,6 +141,17 @@ class PrescreenSection:
 
 
 @dataclass(frozen=True)
+class LatencySection:
+    # Where the `latency` objective and `constraints.max_latency_ms` are measured, on the worker:
+    # "torch" (eager PyTorch, on the trial's device) or "onnxruntime" (the exported graph, CPU).
+    runtime: str = "torch"
+    threads: Optional[int] = None    # intra-op threads; None: resources.cpus_per_trial (at least 1)
+    batch: int = 1
+    repeats: int = 30                # timed runs; the median is recorded
+    warmup: int = 5                  # untimed runs first
+
+
+@dataclass(frozen=True)
 class WarmStartSection:
     storage: str                     # SQLAlchemy URL of the other study's database
     study: str                       # its study name
@@ -152,6 +164,7 @@ class StudyConfig:
     data: DataSection = field(default_factory=DataSection)
     objectives: tuple = ("accuracy", "macs", "params")
     constraints: ConstraintsSection = field(default_factory=ConstraintsSection)
+    latency: LatencySection = field(default_factory=LatencySection)
     sampler: SamplerSection = field(default_factory=SamplerSection)
     budget: BudgetSection = field(default_factory=BudgetSection)
     fidelity: FidelitySection = field(default_factory=FidelitySection)
@@ -166,6 +179,18 @@ class StudyConfig:
     storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
     run_dir: Optional[str] = None    # default runs/<study>; relative paths: to the study file's folder
     path: str = "<memory>"           # the study file it came from (not a YAML key)
+
+    @property
+    def measures_latency(self) -> bool:
+        return "latency" in self.objectives or self.constraints.max_latency_ms is not None
+
+    def latency_setup(self) -> dict:
+        """``trainers.latency.LatencySetup`` fields of this study (threads and device resolved)."""
+        lat, res = self.latency, self.resources
+        on_gpu = lat.runtime == "torch" and res.gpus_per_trial > 0
+        return {"runtime": lat.runtime, "threads": lat.threads or max(1, int(res.cpus_per_trial)),
+                "batch": lat.batch, "repeats": lat.repeats, "warmup": lat.warmup,
+                "device": "cuda" if on_gpu else "cpu"}
 
     @property
     def directions(self) -> list[str]:
@@ -355,9 +380,28 @@ def _check_values(cfg: StudyConfig) -> None:
         raise StudyFileError(p, "ray.address", f"expected null, 'local', 'auto', 'host:port' or 'ray://host:port', got {addr!r}")
     _positive(p, "ray.connect_timeout_s", cfg.ray.connect_timeout_s, allow_none=False)
     _check_proxies(cfg)
+    _check_latency(cfg)
     if cfg.storage is not None and "://" not in cfg.storage:
         raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
                                             f"or postgresql://user@host/db, got {cfg.storage!r}")
+
+
+def _check_latency(cfg: StudyConfig) -> None:
+    p, lat = cfg.path, cfg.latency
+    if lat.runtime not in LATENCY_RUNTIMES:
+        raise StudyFileError(p, "latency.runtime", f"unknown runtime {lat.runtime!r}{_did_you_mean(lat.runtime, LATENCY_RUNTIMES)}; "
+                                                   f"valid: {', '.join(LATENCY_RUNTIMES)}")
+    _positive(p, "latency.threads", lat.threads)
+    _positive(p, "latency.batch", lat.batch, allow_none=False)
+    _positive(p, "latency.repeats", lat.repeats, allow_none=False)
+    _positive(p, "latency.warmup", lat.warmup, allow_none=False, strict=False)
+    if lat.runtime == "onnxruntime" and cfg.measures_latency:
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:  # the workers need it too; the driver says so first
+            raise StudyFileError(p, "latency.runtime", "'onnxruntime' needs the onnxruntime package, which is not "
+                                                       "installed; install it with: pip install 'effnas[onnx]' "
+                                                       "(on every node), or measure with runtime: torch")
 
 
 def _check_proxies(cfg: StudyConfig) -> None:

@@ -86,6 +86,7 @@ class TrialRecord:
     train_seconds: Optional[float] = None
     worker_seconds: Optional[float] = None
     latency_ms: Optional[float] = None
+    latency_setup: Optional[dict] = None    # how latency_ms was measured: runtime, version, threads, batch, device
     deploy_max_abs_diff: Optional[float] = None
     checkpoint: Optional[str] = None
     resumed_from_epoch: Optional[int] = None  # a retry that continued from its checkpoint: the epochs it held

@@ -53,7 +53,12 @@ def _constraints_text(cfg: StudyConfig) -> str:
     limits = [f"{name} {value:,.0f}" if name != "max_latency_ms" else f"{name} {value:g}"
               for name, value in (("max_macs", c.max_macs), ("max_params", c.max_params),
                                   ("max_latency_ms", c.max_latency_ms)) if value is not None]
-    return ", ".join(limits) or "none (every proposal is trained, however large)"
+    text = ", ".join(limits) or "none (every proposal is trained, however large)"
+    if cfg.measures_latency:
+        lat = cfg.latency_setup()
+        text += (f"; latency measured on the worker in {lat['runtime']} ({lat['device']}, {lat['threads']} "
+                 f"thread{'s' if lat['threads'] > 1 else ''}, batch {lat['batch']}, median of {lat['repeats']})")
+    return text
 
 
 def _seed_lines(cfg: StudyConfig, meta: dict) -> list[str]:

@@ -239,14 +239,16 @@ class SlimConv(nn.Module):
         self.top = nn.Sequential(*_conv_bn(half, half, 3, stride, groups))
         self.bottom = nn.Sequential(*_conv_bn(half, low, 1), nn.ReLU(inplace=True),
                                     *_conv_bn(low, low, 3, stride, groups))
+        self.fold_form: nn.Module | None = None  # space.onnx sets a fold with constant slice bounds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.reconstruct(x)
         if x.is_meta:  # shapes only (cost model): the weighting keeps shapes, skip its meta ops
             top_in = bottom_in = fold(x, self.pieces)
         else:
-            top_in = fold(x * w, self.pieces)
-            bottom_in = fold(x * (w.flip(1) if self.flip else w), self.pieces)
+            folded = self.fold_form if self.fold_form is not None else (lambda t: fold(t, self.pieces))
+            top_in = folded(x * w)
+            bottom_in = folded(x * (w.flip(1) if self.flip else w))
         return concat_channels((self.top(top_in), self.bottom(bottom_in)))
 
     def extra_repr(self) -> str:

@@ -100,6 +100,13 @@ STUDY_CASES = [
      "warm_start:"),
     ("warm-start-missing-key", _study(warm_start={"storage": "sqlite:///other.db"}), [],
      "warm_start.study: required key is missing"),
+    ("latency-runtime", _study(latency={"runtime": "onnxruntim"}), [],
+     "latency.runtime: unknown runtime 'onnxruntim' (did you mean 'onnxruntime'?); valid: torch, onnxruntime"),
+    ("latency-threads", _study(latency={"threads": 0}), [], "latency.threads: must be > 0, got 0"),
+    ("latency-batch", _study(latency={"batch": 0}), [], "latency.batch: must be > 0, got 0"),
+    ("latency-repeats", _study(latency={"repeats": 0}), [], "latency.repeats: must be > 0, got 0"),
+    ("latency-warmup", _study(latency={"warmup": -1}), [], "latency.warmup: must be >= 0, got -1"),
+    ("latency-unknown-key", _study(latency={"device": "gpu"}), [], "latency.device: unknown key"),
 ]
 
 
@@ -116,6 +123,63 @@ def test_bad_study_files(case_id, content, extra, message, tmp_path, monkeypatch
     assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
     assert "study.yaml" in err or "--n-trials" in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_resuming_with_another_latency_setup_is_refused(tmp_path, monkeypatch, capsys):
+    """Latencies measured in eager PyTorch and in ONNX Runtime do not compare: a study keeps one setup."""
+    from search.config import load_study
+    from search.storage import open_study
+    from search.storage._sqlite import DriverLock
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(objectives=["accuracy", "latency"])))
+    cfg = load_study(path)
+    with DriverLock(cfg.storage_url, str(path), cfg.study):  # as the first driver left it
+        open_study(cfg, create=True)
+    path.write_text(yaml.safe_dump(_study(objectives=["accuracy", "latency"], latency={"runtime": "onnxruntime"})))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "latency {'runtime': 'onnxruntime', 'threads': 1, 'batch': 1, 'device': 'cpu'} differs from how" in err
+    assert "start a new study name" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_onnxruntime_latency_without_onnxruntime_installed(tmp_path, monkeypatch, capsys):
+    """Asked for where it is not installed (hidden from the import system here), the runtime is
+    refused when the file is read, with the install command; nothing is written."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(objectives=["accuracy", "latency"], latency={"runtime": "onnxruntime"})))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "latency.runtime: 'onnxruntime' needs the onnxruntime package" in err
+    assert "pip install 'effnas[onnx]'" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
+    # Not measured (no latency objective or limit): the runtime is not needed, and the file is fine.
+    from search.config import load_study
+
+    path.write_text(yaml.safe_dump(_study(latency={"runtime": "onnxruntime"})))
+    assert load_study(path).latency.runtime == "onnxruntime"
+
+
+def test_the_onnx_latency_helpers_say_how_to_install_onnxruntime(monkeypatch):
+    import sys
+
+    import torch
+
+    from space.onnx import OnnxRuntimeMissing
+    from trainers.latency import measure_onnx_latency
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` meets when it is absent
+    with pytest.raises(OnnxRuntimeMissing, match=r"pip install 'effnas\[onnx\]'"):
+        measure_onnx_latency(torch.nn.Conv2d(3, 2, 1), 4)
 
 
 def test_study_file_naming_another_studys_database(tmp_path, monkeypatch, capsys):

@@ -28,12 +28,15 @@ def _wrong_deploy(model):
 def test_deploy_latency_exits_1_when_the_deploy_form_is_wrong(monkeypatch, capsys):
     bench = _load("deploy_latency")
     monkeypatch.setattr(bench, "to_deploy", _wrong_deploy)
-    assert bench.main(["--preset", "condensenet-86", "--threads", "1", "--runs", "1", "--repeats", "1"]) == 1
+    assert bench.main(["--presets", "condensenet-86", "--threads", "1", "--runs", "1", "--rounds", "1",
+                       "--archs", "0"]) == 1
     captured = capsys.readouterr()
-    assert "computes other outputs" in captured.err and "ratio" not in captured.out
+    assert "computes other outputs" in captured.err and "deploy ORT /" not in captured.out
 
 
 def test_deploy_latency_reports_a_ratio_for_a_correct_deploy_form(capsys):
     bench = _load("deploy_latency")
-    assert bench.main(["--preset", "condensenet-86", "--threads", "1", "--runs", "1", "--repeats", "1"]) == 0
-    assert "ratio deploy / masked" in capsys.readouterr().out
+    assert bench.main(["--presets", "condensenet-86", "--threads", "1", "--runs", "1", "--rounds", "1",
+                       "--archs", "2", "--rank-runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "deploy ORT / masked ORT" in out and "rank agreement over 2 random architectures" in out

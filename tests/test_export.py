@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -304,7 +305,8 @@ def test_models_reload_with_load_model(family_name: str, tmp_path: Path):
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
     lines: list[str] = []
-    doc = export_study(study, tmp_path / "out", models=True, log=lines.append)
+    images = torch.randn(16, 3, size, size, generator=torch.Generator().manual_seed(2))
+    doc = export_study(study, tmp_path / "out", models=True, log=lines.append, check_images=images)
     by_trial = {m["trial"]: m for m in doc["members"]}
     assert set(by_trial) == {0, 1}
 
@@ -329,9 +331,14 @@ def test_models_reload_with_load_model(family_name: str, tmp_path: Path):
         assert torch.equal(model(x), deployed(x))
 
     assert member["onnx"] == "models/trial_0.onnx", member.get("onnx_error")
-    assert member["onnx_check"].startswith("same outputs"), member["onnx_check"]
+    assert member["onnx_check"].startswith("same outputs (onnxruntime"), member["onnx_check"]
+    assert member["onnx_form"] == "lowered" and member["onnx_checked_on"] == "validation images"
+    assert member["onnx_max_abs_diff"] < 1e-4 and member["onnx_latency_ms"] > 0
+    assert member["onnx_latency_setup"]["runtime"] == "onnxruntime" and member["onnx_latency_setup"]["batch"] == 1
     assert not any("ONNX export skipped" in line for line in lines)
     _assert_onnx_matches(tmp_path / "out" / member["onnx"], deployed, size)
+    row = next(r for r in csv.DictReader(io.StringIO((tmp_path / "out" / "pareto.csv").read_text())) if r["trial"] == "0")
+    assert float(row["onnx_latency_ms"]) == pytest.approx(member["onnx_latency_ms"])
 
 
 def test_condensenetv2_with_sfr_exports_to_onnx(tmp_path: Path):
@@ -466,6 +473,19 @@ def test_exported_model_carries_its_input_contract_and_evaluates_on_the_study_da
     acc, _ = evaluate(exported.model, data.test_x, data.test_y, 64, "cpu", DATA["mean"], DATA["std"])
     assert out["images"] == 40 and out["accuracy"] == pytest.approx(acc)
 
+    # export --models with the study file checks the ONNX graphs on the study's validation images.
+    from search.cli import _check_images
+
+    images = _check_images(str(study_file))
+    assert images.shape == (20, 3, size, size) and images.dtype == torch.float32
+    want_first = (data.val_x[:1].float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(images[:1], want_first)
+    doc = export_study(study, tmp_path / "out2", models=True, log=lambda _: None, check_images=images)
+    assert doc["members"][0]["onnx_checked_on"] == "validation images"
+    assert doc["members"][0]["onnx_max_abs_diff"] < 1e-4
+
     (data_dir / "train.npz").unlink()
+    assert _check_images(str(study_file)) is None  # no data here: random inputs, said on one line
+    assert "ONNX graphs are checked on random inputs" in capsys.readouterr().out
     assert main(["evaluate", str(model_json), str(study_file)]) == 1
     assert "train.npz" in capsys.readouterr().err

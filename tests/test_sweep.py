@@ -65,7 +65,9 @@ def _statuses(cfg) -> list[str]:
 
 
 def test_end_to_end_real_training(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 3})
+    # Latency as an objective, measured by the worker in ONNX Runtime at the study's batch and threads.
+    cfg = _cfg(tmp_path, budget={"n_trials": 3}, objectives=["accuracy", "macs", "params", "latency"],
+               latency={"runtime": "onnxruntime", "batch": 2, "repeats": 5, "warmup": 1})
     summary = Sweep(cfg, data=digits, log=lambda _: None).run()
     assert summary.trained == 3
     study = load_existing_study(cfg.storage_url, "t")
@@ -77,6 +79,10 @@ def test_end_to_end_real_training(tmp_path, ray_local, digits):
         assert 0.0 <= rec["val_acc"] <= 1.0 and rec["test_acc"] is not None
         assert t.values[1] == rec["macs"] and t.values[2] == rec["params"]
         assert rec["train_seconds"] > 0 and rec["checkpoint"]
+        assert t.values[3] == rec["latency_ms"] > 0
+        setup = rec["latency_setup"]
+        assert (setup["runtime"], setup["batch"], setup["threads"], setup["device"]) == ("onnxruntime", 2, 1, "cpu")
+        assert setup["version"] == __import__("onnxruntime").__version__ and setup["repeats"] == 5
     assert pareto_front(study)
 
 

@@ -63,10 +63,10 @@ def _prepare_dir(out_dir: Path, models: bool) -> Path:
 
 
 def _export_models(study: optuna.Study, front: list[FrontMember], entries: list[dict], models_dir: Path,
-                   log: Callable[[str], None]) -> None:
+                   log: Callable[[str], None], check_images) -> None:
     for entry, m in zip(entries, front):
         meta = {"in_channels": 3, **data_meta(m.record, study)}
-        export_member_model(entry, m.record, meta, models_dir, study.study_name, log)
+        export_member_model(entry, m.record, meta, models_dir, study.study_name, log, check_images)
 
 
 def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entries: list[dict],
@@ -99,7 +99,7 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
 
 
 def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
-                 log: Callable[[str], None] = print, storage_url: str | None = None) -> dict:
+                 log: Callable[[str], None] = print, storage_url: str | None = None, check_images=None) -> dict:
     """Write the study's Pareto front to ``out_dir`` (see the module docstring for the files).
 
     Args:
@@ -109,6 +109,8 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
         log: where progress lines go.
         storage_url: the study's database URL: its trials are then read with a few SQL queries
             (``search.storage.read_trials``) instead of Optuna's full materialisation.
+        check_images: normalised validation images (a float NCHW tensor) that each ONNX graph's
+            outputs are compared on, against the PyTorch deploy form (None: seeded random inputs).
 
     Returns:
         The content of ``pareto.json``.
@@ -125,7 +127,7 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
     entries = [member_entry(m) for m in front]
     try:
         if models:
-            _export_models(study, front, entries, models_dir, log)
+            _export_models(study, front, entries, models_dir, log, check_images)
         doc = _write_tables_and_plots(study, front, entries, out_dir, models, trials)
     except OSError as e:
         raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None

@@ -62,10 +62,9 @@ def _load_weights(model, path: Path) -> None:
 def _run_onnx(blob: bytes, x, allow_reference: bool):
     """Outputs of the ONNX graph on ``x`` and the runtime used, or (None, why it was not run)."""
     try:
-        import onnxruntime
+        from space.onnx import ort_session
 
-        session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
-        return session.run(None, {"input": x.numpy()})[0], "onnxruntime"
+        return ort_session(blob).run(None, {"input": x.numpy()})[0], "onnxruntime"
     except ImportError:
         pass
     try:
@@ -78,8 +77,21 @@ def _run_onnx(blob: bytes, x, allow_reference: bool):
     return ReferenceEvaluator(onnx.load_from_string(blob)).run(None, {"input": x.numpy()})[0], "onnx.reference"
 
 
-def _onnx_bytes(model, image_size: int, in_channels: int, allow_reference: bool = True) -> tuple[bytes, str]:
-    """The ONNX graph of ``model`` and a note on how its outputs were checked.
+def _graph_of(model, image_size: int, in_channels: int) -> tuple[bytes, str]:
+    """The ONNX graph of the deploy form as ONNX Runtime runs it best (``space.onnx.to_onnx_form``),
+    else of the deploy form as it is, with a note when the lowering failed."""
+    from space.onnx import onnx_bytes, to_onnx_form
+
+    try:
+        return onnx_bytes(to_onnx_form(model, image_size, in_channels), image_size, in_channels), "lowered"
+    except Exception as e:  # the plain deploy form still exports; say why it is the slower graph
+        return onnx_bytes(model, image_size, in_channels), f"deploy form as is (lowering failed: {reason(e)})"
+
+
+def _onnx_checked(model, image_size: int, in_channels: int, inputs, allow_reference: bool) -> tuple[bytes, dict]:
+    """The ONNX graph of ``model`` and what checking it found (``onnx_*`` fields of the entry).
+
+    ``inputs``: the normalised images to compare outputs on (None: 8 seeded random images).
 
     Raises:
         ValueError: the graph computes other outputs than ``model``. The TorchScript exporter only
@@ -88,26 +100,42 @@ def _onnx_bytes(model, image_size: int, in_channels: int, allow_reference: bool 
     """
     import torch
 
-    x = torch.randn(1, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-        torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    blob = buf.getvalue()
+    blob, form = _graph_of(model, image_size, in_channels)
+    found: dict[str, Any] = {"onnx_form": form, "onnx_checked_on": "validation images" if inputs is not None
+                             else "random inputs (no study data given)"}
+    x = inputs if inputs is not None else torch.randn(8, in_channels, image_size, image_size,
+                                                       generator=torch.Generator().manual_seed(0))
     try:
         got, runtime = _run_onnx(blob, x, allow_reference)
     except Exception as e:  # a runtime gap says nothing about the graph: keep it, unchecked
-        return blob, f"not checked: the runtime failed ({reason(e)})"
+        return blob, {**found, "onnx_check": f"not checked: the runtime failed ({reason(e)})"}
     if got is None:
-        return blob, f"not checked: {runtime}"
+        return blob, {**found, "onnx_check": f"not checked: {runtime}"}
     with torch.no_grad():
         want = model(x)
     diff = (torch.as_tensor(got) - want).abs().max().item()
     if not diff <= _ONNX_TOL * max(1.0, want.abs().max().item()):
         raise ValueError(f"the ONNX graph computes other outputs than the model (max abs diff {diff:.3g} "
                          f"checked with {runtime}); an operation is mistranslated by the exporter")
-    return blob, f"same outputs ({runtime}, max abs diff {diff:.2g})"
+    found.update(onnx_check=f"same outputs ({runtime}, max abs diff {diff:.2g} on {len(x)} images)",
+                 onnx_max_abs_diff=diff)
+    if runtime == "onnxruntime":
+        found.update(_onnx_latency(blob, image_size, in_channels))
+    return blob, found
+
+
+def _onnx_latency(blob: bytes, image_size: int, in_channels: int) -> dict:
+    """Batch-1 median latency of the exported graph in ONNX Runtime on this machine, one thread."""
+    import numpy as np
+
+    from space.onnx import ort_session
+    from trainers.latency import LatencySetup, time_calls
+
+    setup = LatencySetup(runtime="onnxruntime")
+    session = ort_session(blob, setup.threads)
+    feed = {"input": np.zeros((1, in_channels, image_size, image_size), dtype=np.float32)}
+    ms = time_calls(lambda: session.run(None, feed), setup.repeats, setup.warmup)
+    return {"onnx_latency_ms": ms, "onnx_latency_setup": setup.as_record()}
 
 
 def _remove_stale(models_dir: Path, stem: str, suffixes: tuple[str, ...]) -> None:
@@ -116,17 +144,18 @@ def _remove_stale(models_dir: Path, stem: str, suffixes: tuple[str, ...]) -> Non
         (models_dir / f"{stem}{suffix}").unlink(missing_ok=True)
 
 
-def _export_onnx(entry: dict, model, meta: dict, models_dir: Path, stem: str) -> None:
+def _export_onnx(entry: dict, model, meta: dict, models_dir: Path, stem: str, inputs=None) -> None:
     # The pure-Python reference runtime is slow on large graphs: it checks only what it runs in seconds.
     allow_reference = (entry.get("macs") or 0) <= _ONNX_REFERENCE_MAX_MACS
     try:
-        blob, check = _onnx_bytes(model, meta["image_size"], meta["in_channels"], allow_reference)
+        blob, found = _onnx_checked(model, meta["image_size"], meta["in_channels"], inputs, allow_reference)
     except Exception as e:  # exporter gaps (an op without ONNX symbol, wrong outputs) are not fatal
         _remove_stale(models_dir, stem, (".onnx",))
         entry["onnx"], entry["onnx_error"] = None, reason(e)
         return
     write_atomic(models_dir / f"{stem}.onnx", blob)
-    entry["onnx"], entry["onnx_check"] = f"models/{stem}.onnx", check
+    entry["onnx"] = f"models/{stem}.onnx"
+    entry.update(found)
 
 
 def _model_description(entry: dict, meta: dict, study_name: str, stem: str) -> dict:
@@ -147,8 +176,12 @@ def _missing(entry: dict, reason: str, models_dir: Path, log: Callable[[str], No
 
 
 def export_member_model(entry: dict, record: TrialRecord, meta: dict, models_dir: Path, study_name: str,
-                         log: Callable[[str], None]) -> None:
-    """Write trial_<n>.pt/.json/.onnx for one member; a missing or broken part is noted in ``entry``."""
+                         log: Callable[[str], None], inputs=None) -> None:
+    """Write trial_<n>.pt/.json/.onnx for one member; a missing or broken part is noted in ``entry``.
+
+    ``inputs``: normalised validation images of the member's data shape to check the ONNX graph on
+    (None: seeded random inputs).
+    """
     import torch
 
     if meta.get("num_classes") is None or meta.get("image_size") is None:
@@ -170,7 +203,9 @@ def export_member_model(entry: dict, record: TrialRecord, meta: dict, models_dir
     write_atomic(models_dir / f"{stem}.pt", buf.getvalue())
     write_atomic(models_dir / f"{stem}.json", json_text(_model_description(entry, meta, study_name, stem)))
     entry.update({"weights": f"models/{stem}.pt", "model": f"models/{stem}.json"})
-    _export_onnx(entry, model, meta, models_dir, stem)
+    usable = inputs is not None and tuple(inputs.shape[1:]) == (meta["in_channels"], meta["image_size"],
+                                                                  meta["image_size"])
+    _export_onnx(entry, model, meta, models_dir, stem, inputs if usable else None)
     if entry["onnx"] is None:
         log(f"trial {entry['trial']}: ONNX export skipped: {entry['onnx_error']}")
 

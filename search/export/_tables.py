@@ -19,7 +19,9 @@ CONVENTIONS = (
     "({size}), counted over Conv2d and Linear layers; params: all parameters of the deploy form; "
     "accuracy: top-1 fraction on the validation split, of the deploy form, at the fidelity given "
     "(dataset subset, image size, epochs); test_accuracy: the same on the test split when it was "
-    "evaluated; latency_ms: batch-1 latency of the deploy form when measured."
+    "evaluated; latency_ms: median latency of the deploy form when measured, as latency_setup says "
+    "(runtime, threads, batch, device); onnx_latency_ms: the exported ONNX graph's median batch-1 latency "
+    "in ONNX Runtime on the exporting machine (export --models)."
 )
 _CSV_FIELDS = ["trial", "family", "accuracy", "test_accuracy", "params", "macs", "train_params",
                "train_macs", "latency_ms", "epochs_reached"]
@@ -49,6 +51,7 @@ def member_entry(m: FrontMember) -> dict:
         "accuracy": rec.val_acc if rec.val_acc is not None else m.values.get("accuracy"),
         "test_accuracy": rec.test_acc,
         "latency_ms": rec.latency_ms,
+        "latency_setup": rec.latency_setup,
         "fidelity": {**(rec.fidelity or {}), "epochs_reached": reached},
         "objectives": dict(m.values),
         "arch_key": rec.arch_key,
@@ -57,7 +60,7 @@ def member_entry(m: FrontMember) -> dict:
 
 
 def csv_text(entries: list[dict], names: list[str], models: bool) -> str:
-    extra = ["weights", "onnx"] if models else []
+    extra = ["weights", "onnx", "onnx_max_abs_diff", "onnx_latency_ms"] if models else []
     proxies = [n for n in PROXIES if any(n in e.get("proxies", {}) for e in entries)]
     fields = (_CSV_FIELDS + [f"objective_{n}" for n in names] + [f"proxy_{n}" for n in proxies]
               + ["fidelity", "knobs"] + extra)

@@ -200,7 +200,23 @@ def open_study(cfg: StudyConfig, create: bool = True,
     elif list(stored) != list(cfg.objectives):
         raise StorageError(f"{cfg.path}: objectives {list(cfg.objectives)} differ from those the study "
                            f"{cfg.study!r} was created with ({stored}); start a new study name instead")
+    if cfg.measures_latency:
+        _check_latency_setup(study, cfg)
     return study
+
+
+_LATENCY_IDENTITY = ("runtime", "threads", "batch", "device")  # what makes two latencies comparable
+
+
+def _check_latency_setup(study: optuna.Study, cfg) -> None:
+    """Latencies of one study are measured one way: a resumed study keeps its runtime, threads, batch."""
+    setup = {k: cfg.latency_setup()[k] for k in _LATENCY_IDENTITY}
+    stored = study.user_attrs.get("latency_setup")
+    if stored is None:
+        study.set_user_attr("latency_setup", setup)
+    elif {k: stored.get(k) for k in _LATENCY_IDENTITY} != setup:
+        raise StorageError(f"{cfg.path}: latency {setup} differs from how the study {cfg.study!r} measured its "
+                           f"latencies ({stored}); they would not compare: set latency: back, or start a new study name")
 
 
 def load_existing_study(url: str, name: str | None) -> optuna.Study:

@@ -448,6 +448,7 @@ class Sweep:
                          checkpoint_dir=str((self.cfg.run_path / "checkpoints" / p.key).resolve()),
                          max_latency_ms=self.cfg.constraints.max_latency_ms,
                          measure_latency="latency" in self.cfg.objectives, use_gpu=res.gpus_per_trial > 0,
+                         latency=self.cfg.latency_setup() if self.cfg.measures_latency else None,
                          # A seed is a reference: stopped at a rung, it would say nothing about the search.
                          early_stopping=SEED_ATTR not in p.trial.user_attrs)
 

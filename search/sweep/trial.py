@@ -18,17 +18,23 @@ __all__ = ["TrialFn", "train_architecture", "run_trial"]
 TrialFn = Callable[[dict, Any, Callable], dict]
 
 
-def _measure_latency(spec: dict, data) -> float:
-    """Batch-1 latency of the deploy form (random weights suffice: latency ignores values)."""
-    from space.convert import to_deploy
-    from space.registry import get_family
-    from trainers.latency import measure_latency
+def _measure_latency(spec: dict, data) -> tuple[float, dict]:
+    """Latency of the deploy form as the study's ``latency:`` says, and that setup as recorded.
 
+    Random weights suffice (latency ignores values); the masks are stepped to the end first, so the
+    deploy form has the structure a finished training run deploys.
+    """
+    from space.convert import has_schedule, set_progress, to_deploy
+    from space.registry import get_family
+    from trainers.latency import LatencySetup, measure_deploy_latency
+
+    setup = LatencySetup(**(spec.get("latency") or {"device": "cuda" if spec.get("use_gpu") else "cpu"}))
     family = get_family(spec["family"])
     model = family.build(family.knobs_from_dict(spec["knobs"]), num_classes=data.num_classes,
                          image_size=data.image_size, in_channels=data.in_channels)
-    device = "cuda" if spec.get("use_gpu") else "cpu"
-    return measure_latency(to_deploy(model), data.image_size, data.in_channels, device=device)
+    if has_schedule(model):
+        set_progress(model, 1.0)
+    return measure_deploy_latency(to_deploy(model), data.image_size, data.in_channels, setup), setup.as_record()
 
 
 def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict:
@@ -37,11 +43,11 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
     from trainers.train import TrainConfig, train
 
     knobs = get_family(spec["family"]).knobs_from_dict(spec["knobs"])
-    latency = None
+    latency, setup = None, None
     if spec.get("max_latency_ms") is not None or spec.get("measure_latency"):
-        latency = _measure_latency(spec, data)
+        latency, setup = _measure_latency(spec, data)
         if not latency_within(latency, spec.get("max_latency_ms")):
-            return {"status": "infeasible", "latency_ms": latency}
+            return {"status": "infeasible", "latency_ms": latency, "latency_setup": setup}
 
     def on_epoch(r) -> bool:
         return report({"epoch": r.epoch, "val_acc": r.val_acc, "val_loss": r.val_loss,
@@ -53,7 +59,7 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
         "status": "stopped" if result.stopped_early else "trained",
         "val_acc": result.val_acc, "val_loss": result.val_loss, "test_acc": result.test_acc,
         "epochs": result.epochs, "train_seconds": result.train_seconds,
-        "latency_ms": latency if latency is not None else result.latency_ms,
+        "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
         "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": result.checkpoint_path,
         "deploy_path": result.deploy_path, "resumed_from_epoch": result.resumed_from_epoch,
     }

@@ -47,6 +47,7 @@ class TrialSpec:
     checkpoint_dir: str
     max_latency_ms: float | None = None
     measure_latency: bool = False
+    latency: dict | None = None      # trainers.latency.LatencySetup fields (StudyConfig.latency_setup)
     use_gpu: bool = False
     rung_costs: tuple = ()           # the exact costs the rung rule ranks on (MACs, params)
     early_stopping: bool = True      # False: the rung rule is not asked (seeds)
@@ -54,7 +55,7 @@ class TrialSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "family": self.family, "knobs": self.knobs, "train": dict(self.train),
                 "checkpoint_dir": self.checkpoint_dir, "max_latency_ms": self.max_latency_ms,
-                "measure_latency": self.measure_latency, "use_gpu": self.use_gpu,
+                "measure_latency": self.measure_latency, "latency": self.latency, "use_gpu": self.use_gpu,
                 "rung_costs": list(self.rung_costs), "early_stopping": self.early_stopping}
 
 
