@@ -21,9 +21,18 @@ multiple of that length, so consecutive branches tile the channel circle. Balanc
 ``S K_1 = K_2 = .. = K_L``; with a channel-wise first conv the paper applies it to the 1x1 convs
 only, ``K_2 = .. = K_L = C^(1/(L-1))``. ``check_conditions`` verifies all three on a *built* block
 by composing its path-count matrix from the convs' groups and the permutations' actual indices.
-The knob ``condition`` selects what the knobs must satisfy: ``exact`` (complementary and balanced
-in every block, transitions included), ``dense`` (composed kernel dense) or ``loose`` (any whole
-grouping, as the paper's ImageNet models).
+The knob ``condition`` selects what the knobs must satisfy, from the strictest:
+
+- ``exact``: complementary and balanced in every block, transitions included;
+- ``dense``: every output sees every input (``K_1 * prod(K_l) >= C_in``), channel-wise 3x3 (``K_1 = 1``);
+- ``loose``: dense too, with any ``K_1`` and neither complementarity nor balance required: what the
+  paper's "loose" ImageNet models are (dense, not complementary);
+- ``sparse``: any whole grouping, so an output may see as few as 2 of 64 inputs (no path from the
+  rest). Named for what it admits, accepted as a knob (``arch --set condition=sparse``, seeds) but
+  not among the searched conditions: a search region of disconnected blocks wastes trials. (Before
+  this reading, ``loose`` admitted these blocks; it was the condition the paper did not mean.)
+
+The searched choices stay ``exact``, ``dense``, ``loose`` (the database keys of existing studies).
 
 Networks (Table 1): a 3x3 stem conv, three stages at 32/16/8 pixels of widths ``C_s`` (``x, 2x,
 4x`` in the paper) with ``B`` blocks each, depth ``3B + 2``, a skip connection every two blocks,
@@ -109,7 +118,8 @@ FAMILY = "igcv2"
 NUM_STAGES = 3
 KERNEL_AREA = 9  # the spatial conv is 3x3 (S in the paper)
 STAGE_STRIDES = (1, 2, 2)  # Table 1: 32 -> 16 -> 8 pixels on CIFAR
-CONDITIONS = ("exact", "dense", "loose")
+CONDITIONS = ("exact", "dense", "loose", "sparse")  # knob values, strictest first (module docstring)
+SEARCHED_CONDITIONS = ("exact", "dense", "loose")  # every block dense; the search space's choices
 TRANSITIONS = ("next", "prev")
 BN_LAYOUTS = ("linear", "nonlinear")
 SPATIAL_BRANCHES = (1, 2, 4)
@@ -159,7 +169,8 @@ class IGCV2Knobs:
         stem_stride: 2 for 64-pixel inputs, as the paper does for Tiny ImageNet.
         transition: grouping of a stage's first block: ``next`` (this stage's ``K``, ``L``) or
             ``prev`` (the previous stage's, which keeps ``exact`` blocks complementary).
-        condition: what every block must satisfy: ``exact``, ``dense`` or ``loose`` (see module doc).
+        condition: what every block must satisfy: ``exact``, ``dense``, ``loose`` or ``sparse``
+            (see the module docstring; every one but ``sparse`` makes every block dense).
         skip_every: blocks per residual unit (2 in the paper); 0 builds a plain network.
         bn_layout: ``linear`` (one BN per block) or ``nonlinear`` (Fig. 5).
     """
@@ -234,9 +245,10 @@ def _check_spec(spec: BlockSpec, stage: int, condition: str) -> None:
     groups = spec.cin // spec.branches[-1]
     require(spec.cout % groups == 0,
             f"the last 1x1 conv's {groups} branches must divide C_out, but {where}")
-    if condition == "dense":
-        require(spec.reach >= spec.cin, f"condition='dense' needs K_1*prod(K) >= C_in "
-                                        f"({spec.reach} < {spec.cin}) in {where}")
+    if condition in ("dense", "loose"):
+        require(spec.reach >= spec.cin, f"condition={condition!r} needs every output to see every input, "
+                                        f"K_1*prod(K) >= C_in ({spec.reach} < {spec.cin}) in {where}; "
+                                        f"condition='sparse' admits partly connected blocks")
     elif condition == "exact":
         require(spec.reach == spec.cin, f"condition='exact' needs the complementary condition "
                                         f"K_1*prod(K) == C_in ({spec.reach} != {spec.cin}) in {where}")
@@ -459,7 +471,7 @@ def search_space() -> dict:
     picks among the ``K`` valid for the drawn condition (reparameterised, so the distributions
     are static); ``exact`` derives ``K`` and ``C = K^(L-1)`` from the target width and ``L``."""
     space = {
-        f"{FAMILY}.condition": choice(CONDITIONS),
+        f"{FAMILY}.condition": choice(SEARCHED_CONDITIONS),
         f"{FAMILY}.width": int_range(16, 256, log=True),
         f"{FAMILY}.spatial_branch": choice(SPATIAL_BRANCHES),
         f"{FAMILY}.bn_layout": choice(BN_LAYOUTS),
@@ -482,7 +494,7 @@ def sample(draw: Callable[[str], Any]) -> IGCV2Knobs:
         return IGCV2Knobs(widths=widths, layers=layers, branch=branch, transition="prev", **common)
     base = 8 * max(2, round(width / 8))
     widths = tuple(base * 2 ** s for s in range(NUM_STAGES))
-    spatial = draw(f"{FAMILY}.spatial_branch") if condition == "loose" else 1
+    spatial = draw(f"{FAMILY}.spatial_branch") if condition in ("loose", "sparse") else 1
     branch = []
     for s in range(NUM_STAGES):
         options = _branch_options(condition, widths, s, layers[s], spatial)
@@ -498,10 +510,11 @@ def _divisors(n: int) -> list[int]:
 
 def _branch_options(condition: str, widths: tuple, s: int, L: int, spatial: int) -> list[int]:
     """Valid ``K`` for stage ``s`` with doubling widths: ``K`` divides the transition's input
-    width (or is ``C``, a dense 1x1); ``dense`` also needs ``K_1 * K^(L-1) >= C``."""
+    width (or is ``C``, a dense 1x1); every condition but ``sparse`` also needs ``K_1 * K^(L-1) >= C``
+    (then the transition, at half the width, is dense too)."""
     c, cin = widths[s], widths[max(s - 1, 0)]
     options = sorted({k for k in _divisors(cin) if k >= 2} | {c})
-    if condition == "dense":
+    if condition != "sparse":
         options = [k for k in options if spatial * k ** (L - 1) >= c]
     return options
 

@@ -128,11 +128,30 @@ def test_exact_samples_all_satisfy_both_conditions():
 
 
 def test_dense_and_loose_samples():
+    """Every searched condition gives blocks in which every output sees every input, as the
+    connectivity checker composes them from the built modules; loose also draws K_1 > 1 and
+    non-complementary blocks (the paper's loose models are dense, not complementary)."""
     dense = _check_all_blocks(_samples("dense", 200, seed=12))
     assert all(r["dense"] for r in dense.values())
-    loose = _samples("loose", 200, seed=13)
+    loose = _samples("loose", 300, seed=13)
     assert any(k.spatial_branch[0] > 1 for k in loose)
-    assert not all(r["dense"] for r in _check_all_blocks(loose).values())
+    checked = _check_all_blocks(loose)
+    assert all(r["dense"] for r in checked.values()), [s for s, r in checked.items() if not r["dense"]][:3]
+    assert not all(r["complementary"] for r in checked.values())
+
+
+def test_sparse_is_named_for_what_it_admits_and_is_not_searched():
+    from space.igcv2 import SEARCHED_CONDITIONS
+
+    assert "sparse" not in SEARCHED_CONDITIONS
+    assert set(search_space()["igcv2.condition"].choices) == set(SEARCHED_CONDITIONS)
+    knobs = IGCV2Knobs(branch=(4, 4, 4), layers=2, condition="sparse")  # an output sees 4 of 64 inputs
+    result = check_conditions(_meta_block(block_specs(knobs)[0][1], knobs.bn_layout))
+    assert not result["dense"] and result["min_paths"] == 0
+    with pytest.raises(ValueError, match=r"condition='loose' needs every output to see every input.*'sparse'"):
+        IGCV2Knobs(branch=(4, 4, 4), layers=2, condition="loose")
+    with pytest.raises(ValueError, match="not among the valid choices"):
+        apply_overrides(search_space(), {"igcv2.condition": "sparse"})
 
 
 def test_built_model_uses_the_block_specs():
@@ -256,7 +275,7 @@ def test_igcv2_star_layers_per_stage():
     (dict(widths=(64, 128, 128), branch=(8, 16, 16), stem_channels=96), r"non-decreasing widths"),
     (dict(blocks=3), r"multiple of it"),
     (dict(spatial_branch=3), r"spatial_branch K_1 must divide"),
-    (dict(branch=(4, 16, 32)), r"condition='dense' needs K_1\*prod\(K\) >= C_in \(16 < 64\)"),
+    (dict(branch=(4, 16, 32)), r"condition='dense' needs every output to see every input, K_1\*prod\(K\) >= C_in \(16 < 64\)"),
     (dict(condition="exact"), r"condition='exact' needs the complementary condition .*256 != 64"),
     (dict(condition="exact", widths=64, spatial_branch=2, branch=32, layers=2),
      r"condition='exact' needs the balance condition"),
@@ -270,7 +289,7 @@ def test_bad_knobs_raise(kwargs, match):
 
 
 def test_loose_and_special_knobs_validate():
-    IGCV2Knobs(branch=(4, 4, 4), condition="loose")  # sparse composed kernel is allowed
+    IGCV2Knobs(branch=(4, 4, 4), condition="sparse")  # a partly connected composed kernel, by name
     exact = IGCV2Knobs(widths=(64, 256, 256), branch=(8, 16, 16), transition="prev", condition="exact")
     assert block_specs(exact)[1][0] == BlockSpec(64, 256, 2, 1, (8, 8))  # previous stage's grouping
     with pytest.raises(ValueError, match=r"depth must be 3B \+ 2"):
