@@ -90,6 +90,10 @@ class FidelitySection:
 
 @dataclass(frozen=True)
 class TrainSection:
+    # "default": CondenseNet's recipe (the keys below) for every family; "paper": each family's own
+    # paper recipe (trainers.recipes), which sets lr, momentum, weight_decay, nesterov, batch_size
+    # and the schedule per family, scaled to fidelity.epochs; the other keys apply to both.
+    recipe: str = "default"
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
@@ -207,9 +211,12 @@ class StudyConfig:
     def fidelity_key(self) -> dict:
         """What makes two results comparable: same data subset, resolution and epochs."""
         d = self.data
-        return {"dataset": d.dataset, "train_size": d.train_size, "val_size": d.val_size,
-                "image_size": d.image_size, "epochs": self.fidelity.epochs,
-                "batch_size": self.train.batch_size, "lr": self.train.lr, "seed": self.train.seed}
+        key = {"dataset": d.dataset, "train_size": d.train_size, "val_size": d.val_size,
+               "image_size": d.image_size, "epochs": self.fidelity.epochs,
+               "batch_size": self.train.batch_size, "lr": self.train.lr, "seed": self.train.seed}
+        if self.train.recipe != "default":  # only then: the keys of existing studies stay as they were
+            key = {**key, "recipe": self.train.recipe, "batch_size": None, "lr": None}
+        return key
 
 
 # --- generic typed parsing ----------------------------------------------------------------------
@@ -362,6 +369,10 @@ def _check_values(cfg: StudyConfig) -> None:
             raise StudyFileError(p, "fidelity.asha.reduction_factor", f"must be >= 2, got {a.reduction_factor}")
         if a.rank is not None and a.rank not in ("pareto", "accuracy"):
             raise StudyFileError(p, "fidelity.asha.rank", f"expected 'pareto' or 'accuracy', got {a.rank!r}")
+    if cfg.train.recipe not in ("default", "paper"):  # trainers.recipes.RECIPES
+        raise StudyFileError(p, "train.recipe", f"unknown recipe {cfg.train.recipe!r}"
+                                                f"{_did_you_mean(cfg.train.recipe, ('default', 'paper'))}; "
+                                                f"valid: default, paper")
     for key in ("batch_size", "lr"):
         _positive(p, f"train.{key}", getattr(cfg.train, key), allow_none=False)
     _positive(p, "train.weight_decay", cfg.train.weight_decay, allow_none=False, strict=False)

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 
-__all__ = ["cheap_trial", "curve_trial", "slow_curve_trial", "failing_trial", "nonfinite_trial", "dying_trial",
+__all__ = ["cheap_trial", "recipe_echo_trial", "curve_trial", "slow_curve_trial", "failing_trial", "nonfinite_trial", "dying_trial",
            "sleeping_trial", "bulk_add_trials"]
 
 
@@ -28,6 +28,11 @@ def cheap_trial(spec: dict, data, report) -> dict:
     acc = _pseudo_accuracy(spec)
     report({"epoch": 1, "val_acc": acc, "val_loss": 1 - acc})
     return _result(acc, 1)
+
+
+def recipe_echo_trial(spec: dict, data, report) -> dict:
+    """cheap_trial that also returns the training recipe it was sent (kept in the record's extras)."""
+    return {**cheap_trial(spec, data, report), "train_sent": dict(spec["train"])}
 
 
 def curve_trial(spec: dict, data, report) -> dict:

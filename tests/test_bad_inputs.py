@@ -107,6 +107,8 @@ STUDY_CASES = [
     ("latency-repeats", _study(latency={"repeats": 0}), [], "latency.repeats: must be > 0, got 0"),
     ("latency-warmup", _study(latency={"warmup": -1}), [], "latency.warmup: must be >= 0, got -1"),
     ("latency-unknown-key", _study(latency={"device": "gpu"}), [], "latency.device: unknown key"),
+    ("train-recipe", _study(train={"recipe": "papers"}), [],
+     "train.recipe: unknown recipe 'papers' (did you mean 'paper'?); valid: default, paper"),
 ]
 
 

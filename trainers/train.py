@@ -53,7 +53,7 @@ from trainers.latency import measure_latency
 from trainers.tune import PROBE_IMAGES, FormatTrial, fastest, time_step
 
 __all__ = ["TrainConfig", "EpochReport", "TrainResult", "NonFiniteLossError", "train", "train_model",
-           "evaluate", "cosine_lr"]
+           "evaluate", "cosine_lr", "learning_rate"]
 
 CHECK_BATCH = 32  # validation images used for the deploy-equality check
 _FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -68,6 +68,8 @@ class TrainConfig:
     momentum: float = 0.9  # official SGD momentum
     weight_decay: float = 1e-4  # official value; applied to every parameter as in the official code
     nesterov: bool = True  # official code uses nesterov momentum
+    schedule: str = "cosine"  # "cosine" (per iteration, to 0) or "step" (x0.1 at each milestone)
+    milestones: tuple = ()  # "step": fractions of training in (0, 1) where the rate is multiplied by 0.1
     augment: bool = True  # pad + random crop (+ flip where label-preserving), as in the papers
     device: str = "auto"  # "auto": CUDA when available, else CPU; or any torch device string
     threads: int | None = None  # CPU intra-op threads (torch.set_num_threads); None: leave as is
@@ -99,6 +101,13 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 1 or None, but got threads={self.threads!r}")
         if self.check_every < 0:
             raise ValueError(f"check_every must be >= 0, but got check_every={self.check_every!r}")
+        object.__setattr__(self, "milestones", tuple(self.milestones))  # a list when it came through JSON
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule must be 'cosine' or 'step', but got schedule={self.schedule!r}")
+        if self.schedule == "step" and not (self.milestones and all(0 < m < 1 for m in self.milestones)
+                                            and list(self.milestones) == sorted(self.milestones)):
+            raise ValueError(f"a step schedule needs increasing milestones in (0, 1), but got "
+                             f"milestones={self.milestones!r}")
         _device(self.device)  # raises on a malformed device string
 
 
@@ -161,6 +170,14 @@ def _device(name: str) -> torch.device:
 def cosine_lr(iteration: int, total: int, peak: float) -> float:
     """Official CondenseNet schedule: ``0.5 * peak * (1 + cos(pi * iteration / total))``."""
     return 0.5 * peak * (1.0 + math.cos(math.pi * iteration / total))
+
+
+def learning_rate(cfg: TrainConfig, iteration: int, total: int) -> float:
+    """The rate of ``iteration`` of ``total``: cosine, or step decay by 0.1 at each milestone passed
+    (milestones are fractions of training, so they scale with the study's epochs)."""
+    if cfg.schedule == "cosine":
+        return cosine_lr(iteration, total, cfg.lr)
+    return cfg.lr * 0.1 ** sum(iteration >= m * total for m in cfg.milestones)
 
 
 def _seed_everything(seed: int) -> None:
@@ -382,7 +399,7 @@ def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
             changed = set_progress(run.model, iteration / setup.total)
             if cfg.condensed_training:
                 _maybe_condense(run, setup, iteration, changed, x, y)
-        lr = cosine_lr(iteration, setup.total, cfg.lr)
+        lr = learning_rate(cfg, iteration, setup.total)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         with _autocast(setup.amp_dtype):
@@ -410,6 +427,8 @@ def _run_identity(cfg: TrainConfig, data: DataSplits, meta: dict) -> dict:
     runtime = {"device", "threads", "eval_test", "measure_latency", "eval_batch_size", "latency_device",
                "check_every", "channels_last", "condensed_training", "autotune"}
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in runtime}
+    if cfg.schedule == "cosine":  # checkpoints written before step schedules existed stay resumable
+        recipe.pop("schedule"), recipe.pop("milestones")
     shape = [data.name, len(data.train_y), len(data.val_y), data.image_size, data.in_channels, data.num_classes]
     return {"meta": meta, "recipe": recipe, "data": shape}
 

@@ -442,6 +442,10 @@ class Sweep:
                  "eval_test": t.eval_test, "seed": t.seed,
                  "device": "cuda" if res.gpus_per_trial > 0 else "cpu",
                  "threads": max(1, int(res.cpus_per_trial))}
+        if t.recipe == "paper":
+            from trainers.recipes import paper_recipe
+
+            train.update(paper_recipe(p.family))
         cost = self.costs[p.key][0]
         return TrialSpec(number=p.number, family=p.family, knobs=p.knobs_dict, train=train,
                          rung_costs=self._rung_costs(cost["macs"], cost["params"]),
