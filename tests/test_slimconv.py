@@ -17,7 +17,8 @@ from space.cost import count_macs, count_params
 from space.knobs import draw_random
 from space.registry import get_family, get_preset, list_presets
 
-PRESETS = ["sc-resnet50", "sc-resnet101", "sc-resnext50", "sc-resnet50-cifar"]
+PRESETS = ["sc-resnet50", "sc-resnet101", "sc-resnext50", "sc-resnet50-cifar", "sc-resnet50-cifar-k8-3"]
+READINGS = {"sc-resnet50-cifar-k2": 0.011}  # presets that miss the paper's params: the stated tolerance
 
 # Paper-convention FLOPs (Table 1 / 7 / 9): conv+FC MACs plus BN, ReLU and pooling elementwise work.
 PAPER_FLOPS_TOL = 0.005
@@ -190,7 +191,16 @@ def test_stems() -> None:
 # --- presets against the paper ------------------------------------------------------------------
 
 def test_presets_registered() -> None:
-    assert set(PRESETS) <= set(list_presets("slimconv"))
+    assert set(PRESETS) | set(READINGS) == set(list_presets("slimconv"))
+
+
+@pytest.mark.parametrize("name,params_tol", READINGS.items())
+def test_reading_presets_within_their_stated_tolerance(name: str, params_tol: float) -> None:
+    p = get_preset(name)
+    params, macs, _ = _costs(_meta_build(p.knobs, p.num_classes, p.image_size), p.image_size)
+    assert params == pytest.approx(p.paper.params, rel=params_tol)
+    assert macs == pytest.approx(p.paper.macs, rel=p.paper.rel_tol)
+    assert "not a reproduction" in p.paper.note
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -209,6 +219,7 @@ def test_preset_exact_counts(preset_costs) -> None:
         "sc-resnet101": (27_956_708, 4_822_303_488),
         "sc-resnext50": (22_492_512, 3_821_358_080),
         "sc-resnet50-cifar": (14_906_960, 828_855_040),
+        "sc-resnet50-cifar-k8-3": (10_246_608, 576_803_584),
     }
 
 
