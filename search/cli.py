@@ -59,10 +59,8 @@ def _study_and_storage(args) -> tuple[str | None, str]:
 # --- commands -------------------------------------------------------------------------------------
 
 def cmd_arch(args) -> int:
-    import dataclasses
-
     from space.cost import measure
-    from space.registry import get_family, get_preset, list_families, list_presets
+    from space.registry import get_family, get_preset, knobs_json, list_families, list_presets
 
     name = args.name
     if name in list_presets():
@@ -83,7 +81,7 @@ def cmd_arch(args) -> int:
             raise UsageError(f"--set: {e}") from None
     cost = measure(family.name, knobs, num_classes=classes, image_size=size)
     info = {"name": name, "family": family.name, "num_classes": classes, "image_size": size,
-            **cost.as_dict(), "knobs": json.loads(json.dumps(dataclasses.asdict(knobs)))}
+            **cost.as_dict(), "knobs": knobs_json(knobs)}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

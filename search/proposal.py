@@ -6,8 +6,6 @@ made once here, for the dedup key, the record and the processes it is sent to.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,8 +54,10 @@ def draw(trial, spaces: dict[str, dict]) -> tuple[str, Any]:
 
 def propose(trial, spaces: dict[str, dict], fidelity: dict) -> Proposal:
     """One architecture drawn through ``trial``, with its JSON knobs and dedup key."""
+    from space.registry import knobs_json
+
     family, knobs = draw(trial, spaces)
-    knobs_dict = json.loads(json.dumps(dataclasses.asdict(knobs)))
+    knobs_dict = knobs_json(knobs)
     return Proposal(trial, family, knobs, knobs_dict, arch_key(family, knobs_dict, fidelity))
 
 

@@ -14,8 +14,6 @@ reparameterised knob draws, so the sampler learns the family choice from them, n
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +34,9 @@ class Seed:
 
 
 def _knobs_json(knobs) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(knobs)))
+    from space.registry import knobs_json
+
+    return knobs_json(knobs)
 
 
 def _from_preset(path: str, key: str, name: str) -> Seed:

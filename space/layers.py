@@ -16,7 +16,18 @@ sparse feature reactivation (SFR) module the one of CondenseNetV2 (Yang et al., 
   broken by the lower channel index (the official code could re-drop a pruned channel on ties).
 - Grouping: LGC group ``g`` owns output filters ``g, g+G, g+2G, ...``; SFR group ``j`` owns input
   channels ``j, j+G, ...``. The interleaving is what makes the training form "shuffled": the
-  contiguous groups of the following 3x3 group convolution see every LGC group.
+  contiguous groups of the following 3x3 group convolution see every LGC group. CondenseNet wants
+  that shuffle; RSNet drops it (its Sec. 3.3.2: of no use with LGCs, slightly worse), so the LGC
+  also takes ``grouping="contiguous"``: group ``g`` owns filters ``g*d .. (g+1)*d - 1``
+  (``d = out / G``), masks, L1 importance and lasso follow that grouping, and the deploy form needs
+  no shuffle (its ``shuffle`` is a ``ChannelShuffle(1)``, the identity).
+- Dropout: the masked form draws one dropout mask over its full input (one value per input
+  channel and pixel). The condensed form, trained mid-run by the trainer, selects an input once per
+  group that keeps it; it draws the same full-input mask (one ``F.dropout`` call of the same
+  shape, hence the same random numbers) and gathers it, so an input kept by two groups is dropped
+  in both or in neither, as in the masked form. ``deploy()`` itself draws no random numbers (it
+  copies every value of the layers it builds, so it skips their random init), so switching forms
+  mid-training leaves the stream of dropout masks where the masked form would have it.
 
 Both layers follow the ``set_progress`` / ``deploy`` protocol of :mod:`space.convert`. ``deploy()``
 always returns the final condensed shape (the one the papers count): a layer that has not reached
@@ -53,6 +64,7 @@ __all__ = [
     "PreActConv",
     "MaskedConv2d",
     "PointwiseGroupConv",
+    "GROUPINGS",
     "LearnedGroupConv",
     "CondensedGroupConv",
     "SparseFeatureReactivation",
@@ -112,6 +124,22 @@ def _pre_activation(x: torch.Tensor, norm: nn.Module, act: nn.Module, drop: nn.M
 _BUILD_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar("build_device", default=None)
 
 
+# Set while ``deploy()`` builds a layer whose every value it then copies from the training form:
+# the layers of this module skip their (random) initialisation, so a conversion draws no random
+# numbers and the dropout masks of condensed training continue the masked form's stream exactly.
+_SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_init", default=False)
+
+
+@contextlib.contextmanager
+def _overwritten() -> Iterator[None]:
+    """Within the block, layers of this module are created without initialising their values."""
+    token = _SKIP_INIT.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_INIT.reset(token)
+
+
 @contextlib.contextmanager
 def meta_build() -> Iterator[None]:
     """Within the block, the layers of this module (and families built from them) are created on
@@ -126,13 +154,17 @@ def meta_build() -> Iterator[None]:
 class _MetaAware:
     """Mixin for PyTorch layers: created on the build device unless told otherwise, and not
     initialised on the meta device, where there are no values to set (the init calls would
-    otherwise be most of the time of a meta build of a deep network)."""
+    otherwise be most of the time of a meta build of a deep network), nor inside
+    :func:`_overwritten`, where every value is copied in afterwards (a random init would draw from
+    the random-number stream that training's dropout uses)."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("device", _BUILD_DEVICE.get())
         super().__init__(*args, **kwargs)
 
     def reset_parameters(self) -> None:
+        if _SKIP_INIT.get():
+            return
         tensors = [t for t in (*self._parameters.values(), *self._buffers.values()) if t is not None]
         if not (tensors and tensors[0].is_meta):
             super().reset_parameters()
@@ -189,6 +221,8 @@ class ChannelShuffle(nn.Module):
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:  # the identity permutation: no copy
+            return x
         n, c, h, w = x.shape
         return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
@@ -333,11 +367,18 @@ class _Scheduled(nn.Module):
         return self._dropped(self._keep(), self.final_stage - self._stage_int)
 
 
+GROUPINGS = ("interleaved", "contiguous")
+
+
 class LearnedGroupConv(_Scheduled):
     """CondenseNet's learned group convolution (pre-activation 1x1): BN -> act -> dropout -> conv.
 
     The ``groups`` output groups each learn which ``in_channels // condense_factor`` inputs to keep.
-    Group ``g`` owns output filters ``g, g + groups, ...`` (the official grouping).
+    With ``grouping="interleaved"`` (the official CondenseNet grouping) group ``g`` owns output
+    filters ``g, g + groups, ...``, so a following contiguous group convolution sees every LGC
+    group (CondenseNet's shuffle); with ``"contiguous"`` it owns filters ``g * d .. (g + 1) * d - 1``
+    (``d = out_channels // groups``), so group ``g`` of a following G-group convolution sees LGC
+    group ``g`` only (RSNet, no shuffle).
 
     Args:
         in_channels: input channels; must be divisible by ``condense_factor``.
@@ -346,13 +387,15 @@ class LearnedGroupConv(_Scheduled):
         condense_factor: C; each group keeps ``in_channels / C`` inputs after ``C - 1`` stages.
         dropout: dropout probability after the activation (official CondenseNet option).
         activation: activation name for :func:`make_activation`.
+        grouping: ``"interleaved"`` or ``"contiguous"`` (see above); not in the state dict, which
+            has the same keys for both.
 
     Raises:
-        ValueError: on non-positive sizes or the divisibility conditions above.
+        ValueError: on non-positive sizes, the divisibility conditions above or an unknown grouping.
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int, condense_factor: int,
-                 dropout: float = 0.0, activation: str = "relu") -> None:
+                 dropout: float = 0.0, activation: str = "relu", grouping: str = "interleaved") -> None:
         super().__init__()
         _check_positive(in_channels=in_channels, out_channels=out_channels, groups=groups,
                         condense_factor=condense_factor)
@@ -361,8 +404,11 @@ class LearnedGroupConv(_Scheduled):
             raise ValueError(f"in_channels={in_channels} must be divisible by condense_factor={condense_factor}")
         if out_channels % groups:
             raise ValueError(f"out_channels={out_channels} must be divisible by groups={groups}")
+        if grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, but got grouping={grouping!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.condense_factor, self.dropout, self.activation = condense_factor, dropout, activation
+        self.grouping = grouping
         self.norm = BatchNorm2d(in_channels)
         self.act = make_activation(activation)
         self.drop = _dropout(dropout)
@@ -376,16 +422,35 @@ class LearnedGroupConv(_Scheduled):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(_pre_activation(x, self.norm, self.act, self.drop))
 
+    def extra_repr(self) -> str:
+        return "" if self.grouping == "interleaved" else f"grouping={self.grouping}"
+
+    # --- grouping -----------------------------------------------------------------------------
+
+    def _by_group(self, t: torch.Tensor) -> torch.Tensor:
+        """(out, in) -> (G, d, in): the rows of ``t`` (one per output filter) group by group."""
+        d = self.out_channels // self.groups
+        if self.grouping == "contiguous":
+            return t.view(self.groups, d, self.in_channels)
+        return t.view(d, self.groups, self.in_channels).transpose(0, 1)
+
+    def _group_order(self) -> torch.Tensor:
+        """Output filters group by group: entry ``g * d + k`` is filter k of group g."""
+        order = torch.arange(self.out_channels, device=self.conv.weight.device)
+        if self.grouping == "contiguous":
+            return order
+        return order.view(self.out_channels // self.groups, self.groups).t().reshape(-1)
+
     # --- schedule -----------------------------------------------------------------------------
 
     def _keep(self) -> torch.Tensor:
-        """(G, in) bool: inputs kept by each group (row g is output filter g's mask)."""
-        return self.conv.mask[: self.groups, :, 0, 0] > 0
+        """(G, in) bool: inputs kept by each group (row g is the mask of group g's first filter)."""
+        return self._by_group(self.conv.mask[:, :, 0, 0])[:, 0] > 0
 
     def _group_l1(self) -> torch.Tensor:
         """(G, in): L1 norm of the masked weights of each group's filters, per input channel."""
         w = (self.conv.weight * self.conv.mask).abs()[:, :, 0, 0]
-        return w.view(self.out_channels // self.groups, self.groups, self.in_channels).sum(0)
+        return self._by_group(w).sum(1)
 
     def _dropped(self, keep: torch.Tensor, stages: int) -> torch.Tensor:
         if stages <= 0:
@@ -393,8 +458,24 @@ class LearnedGroupConv(_Scheduled):
         return _drop_smallest(keep, self._group_l1(), stages * (self.in_channels // self.condense_factor))
 
     def _apply_keep(self, keep: torch.Tensor) -> None:
-        full = keep.repeat(self.out_channels // self.groups, 1)
+        d = self.out_channels // self.groups
+        full = keep.repeat_interleave(d, 0) if self.grouping == "contiguous" else keep.repeat(d, 1)
         self.conv.mask.copy_(full[:, :, None, None].to(self.conv.mask.dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        # Runs before the children load theirs: check the incoming mask, not ``self.conv.mask``.
+        mask = state_dict.get(prefix + "conv.mask")
+        if mask is not None and not mask.is_meta and mask.shape == self.conv.mask.shape:
+            grouped = self._by_group(mask[:, :, 0, 0])
+            if not bool((grouped == grouped[:, :1]).all()):
+                # Same keys and shapes, other meaning: a checkpoint of the other grouping would
+                # silently train (and deploy) a different network.
+                error_msgs.append(f"{prefix}conv.mask: the filters of a group do not share one input pattern "
+                                  f"under grouping={self.grouping!r}; the checkpoint was saved with the other "
+                                  f"grouping of {GROUPINGS}")
 
     def lasso_loss(self) -> torch.Tensor:
         """Group-lasso term of the official code: sum over (group, input) of the L2 norm of the
@@ -403,8 +484,7 @@ class LearnedGroupConv(_Scheduled):
         if self._stage_int >= self.final_stage:
             return self.conv.weight.new_zeros(())
         w = (self.conv.weight * self.conv.mask)[:, :, 0, 0].pow(2)
-        w = w.view(self.out_channels // self.groups, self.groups, self.in_channels).sum(0)
-        return w.clamp(min=1e-6).sqrt().sum()
+        return self._by_group(w).sum(1).clamp(min=1e-6).sqrt().sum()
 
     # --- deploy -------------------------------------------------------------------------------
 
@@ -415,16 +495,18 @@ class LearnedGroupConv(_Scheduled):
         return params, self.out_channels * kept * output.shape[-2] * output.shape[-1]
 
     def deploy(self) -> CondensedGroupConv:
-        """Index-select + BN + act + group conv + shuffle; equal to the masked layer at the final
-        stage (see the module docstring for layers deployed earlier)."""
+        """Index-select + BN + act + group conv [+ shuffle, interleaved grouping only]; equal to the
+        masked layer at the final stage (see the module docstring for layers deployed earlier)."""
         kept = self.in_channels // self.condense_factor
         weight = self.conv.weight
         if weight.is_meta:
             index = torch.zeros(self.groups * kept, dtype=torch.long, device=weight.device)
         else:
             index = self._final_keep().nonzero()[:, 1]
-        layer = CondensedGroupConv(self.groups * kept, self.out_channels, self.groups,
-                                   self.dropout, self.activation, device=weight.device)
+        with _overwritten():  # every value is copied below
+            layer = CondensedGroupConv(self.groups * kept, self.out_channels, self.groups, self.dropout,
+                                       self.activation, device=weight.device,
+                                       shuffle=self.grouping == "interleaved")
         layer.index.copy_(index)
         _load_bn(layer.norm, self.norm, index)
         if not weight.is_meta:
@@ -433,10 +515,10 @@ class LearnedGroupConv(_Scheduled):
         return layer.to(weight.dtype)
 
     def _condensed_weight(self, kept: torch.Tensor) -> torch.Tensor:
-        """Grouped weight: row ``g * d_out + k`` is filter ``g + k * G`` on group g's kept inputs."""
+        """Grouped weight: row ``g * d_out + k`` is filter k of group g (interleaved: filter
+        ``g + k * G``; contiguous: filter ``g * d_out + k``) on group g's kept inputs."""
         d_out = self.out_channels // self.groups
-        order = torch.arange(self.out_channels, device=kept.device).view(d_out, self.groups).t().reshape(-1)
-        w = self.conv.weight[order, :, 0, 0]
+        w = self.conv.weight[self._group_order(), :, 0, 0]
         cols = kept.repeat_interleave(d_out, dim=0)
         return w.gather(1, cols)[:, :, None, None]
 
@@ -445,23 +527,37 @@ class CondensedGroupConv(nn.Module):
     """Test-time form of :class:`LearnedGroupConv`.
 
     ``index`` (buffer) lists the kept input channels group by group (an input kept by several
-    groups appears several times); the grouped conv's output is shuffled back to the order of the
-    training form, so a later layer sees the same channels.
+    groups appears several times). With ``shuffle`` (interleaved LGC grouping) the grouped conv's
+    output is shuffled back to the order of the training form, so a later layer sees the same
+    channels; without it (contiguous grouping) the grouped order is already the training order and
+    ``self.shuffle`` is ``ChannelShuffle(1)``, the identity (kept so that readers of
+    ``shuffle.groups`` work for both).
+
+    In training mode with dropout, the dropout mask is drawn over the full input, as the masked
+    layer draws it, and gathered like the input (see the module docstring).
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int, dropout: float = 0.0,
-                 activation: str = "relu", device: torch.device | None = None) -> None:
+                 activation: str = "relu", device: torch.device | None = None, shuffle: bool = True) -> None:
         super().__init__()
         self.register_buffer("index", torch.zeros(in_channels, dtype=torch.long, device=device))
         self.norm = BatchNorm2d(in_channels, device=device)
         self.act = make_activation(activation)
         self.drop = _dropout(dropout)
         self.conv = PointwiseGroupConv(in_channels, out_channels, groups, device=device)
-        self.shuffle = ChannelShuffle(groups)
+        self.shuffle = ChannelShuffle(groups if shuffle else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.index_select(1, self.index)
-        return self.shuffle(self.conv(_pre_activation(x, self.norm, self.act, self.drop)))
+        picked = x.index_select(1, self.index)
+        if self.drop is None or not self.drop.training or x.is_meta:  # eval: dropout is the identity
+            y = _pre_activation(picked, self.norm, self.act, None)
+        else:
+            y = self.act(self.norm(picked))
+            # One F.dropout call on a tensor of the full input's shape, dtype and layout: the same
+            # random numbers the masked layer draws, one mask value per input channel and pixel.
+            keep = nn.functional.dropout(torch.ones_like(x, dtype=y.dtype), self.drop.p, training=True)
+            y = y * keep.index_select(1, self.index)
+        return self.shuffle(self.conv(y))
 
 
 class SparseFeatureReactivation(_Scheduled):
@@ -551,8 +647,9 @@ class SparseFeatureReactivation(_Scheduled):
             index = torch.zeros(self.groups * kept, dtype=torch.long, device=weight.device)
         else:
             index = self._final_keep().nonzero()[:, 1]
-        layer = CondensedReactivation(self.in_channels, self.out_channels, self.groups * kept,
-                                      self.groups, self.activation, self.dropout, device=weight.device)
+        with _overwritten():  # every value is copied below
+            layer = CondensedReactivation(self.in_channels, self.out_channels, self.groups * kept,
+                                          self.groups, self.activation, self.dropout, device=weight.device)
         layer.index.copy_(index)
         _load_bn(layer.norm, self.norm, None)
         if not weight.is_meta:

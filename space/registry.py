@@ -24,6 +24,7 @@ __all__ = [
     "list_families",
     "list_presets",
     "build_model",
+    "knobs_json",
 ]
 
 Draw = Callable[[str], Any]
@@ -67,6 +68,11 @@ class Family:
                 f"unknown knob(s) {unknown} for family {self.name!r}{hint}; valid knobs: {sorted(names)}"
             )
         cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        # A knob whose default changed what existing records meant says what its absence means:
+        # records written before it existed keep building the network they trained.
+        for f in dataclasses.fields(self.knobs_cls):
+            if "absent_means" in f.metadata and f.name not in cleaned:
+                cleaned[f.name] = f.metadata["absent_means"]
         return self.knobs_cls(**cleaned)
 
     def knobs_with(self, base: Any, changes: dict) -> Any:
@@ -121,6 +127,23 @@ class Preset:
 
 _FAMILIES: dict[str, Family] = {}
 _PRESETS: dict[str, Preset] = {}
+
+
+def knobs_json(knobs: Any) -> dict:
+    """The JSON form of a knobs dataclass, as the database, dedup keys and checkpoints hold it.
+
+    A knob added to a family after studies were recorded, with a default that builds the network
+    those studies trained, is marked ``field(metadata={"omit_default": True})`` and left out while
+    it has its default, so the architectures of existing studies keep their dedup keys (and are not
+    trained again on resume) and their checkpoints stay resumable. A knob whose default builds
+    another network is marked ``metadata={"absent_means": <old value>}`` instead (see
+    :meth:`Family.knobs_from_dict`), and always written.
+    """
+    values = json.loads(json.dumps(dataclasses.asdict(knobs)))
+    for f in dataclasses.fields(knobs):
+        if f.metadata.get("omit_default") and getattr(knobs, f.name) == f.default:
+            values.pop(f.name)
+    return values
 
 
 def register_family(family: Family) -> Family:

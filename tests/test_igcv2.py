@@ -140,6 +140,30 @@ def test_dense_and_loose_samples():
     assert not all(r["complementary"] for r in checked.values())
 
 
+def test_the_igcv1_codes_shortcut_and_widening():
+    """projection: a grouped 1x1 stride-2 conv + BN where the width changes (the spatial conv's
+    groups); widen=spatial: the 3x3 widens and the 1x1 convs run at C_out, still dense."""
+    import torch.nn as tnn
+
+    knobs = IGCV2Knobs(shortcut="projection", widen="spatial")
+    with torch.device("meta"):
+        model = build(knobs, num_classes=10)
+    units = [u for u in model.modules() if u.__class__.__name__ == "ResidualUnit"]
+    projections = [u.shortcut for u in units if isinstance(u.shortcut, tnn.Sequential)]
+    assert [(p[0].in_channels, p[0].out_channels, p[0].stride, p[0].groups) for p in projections] == [
+        (64, 128, (2, 2), 64), (128, 256, (2, 2), 128)]
+    widening = [b for b in model.igcv2_blocks() if b.spec.cin != b.spec.cout]
+    assert len(widening) == 2 and all(b.spec.widen == "spatial" and b.ops[0].out_channels == b.spec.cout
+                                      for b in widening)
+    assert all(check_conditions(b)["dense"] for b in model.igcv2_blocks())
+    x = torch.randn(2, 3, 32, 32)
+    assert build(knobs, num_classes=10).eval()(x).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"shortcut must be one of \['pad', 'projection'\]"):
+        IGCV2Knobs(shortcut="conv")
+    with pytest.raises(ValueError, match="widening spatial conv's 64 groups must divide C_out"):
+        IGCV2Knobs(widths=(64, 96, 192), branch=(8, 8, 8), widen="spatial")
+
+
 def test_sparse_is_named_for_what_it_admits_and_is_not_searched():
     from space.igcv2 import SEARCHED_CONDITIONS
 
@@ -223,15 +247,15 @@ def test_igcv1_special_case():
 
 # conv weights and MACs (convs + FC) of our build; paper figures are in the presets.
 PINNED = {
-    "igcv2-c64-d8": (45_952, 9_405_440),
-    "igcv2-c64-d20": (148_096, 26_117_120),
-    "igcv2-c64-d26": (199_168, 34_472_960),
-    "igcv2-c80-d8": (44_640, 11_552_000),
-    "igcv2-c80-d20": (142_880, 31_786_240),
-    "igcv2-c80-d26": (192_000, 41_903_360),
-    "igcv2star-c216": (319_120, 74_964_352),
-    "igcv2star-c304": (474_528, 110_965_504),
-    "igcv2star-c416": (648_128, 150_592_000),
+    "igcv2-c64-d8": (46_336, 9_454_592),
+    "igcv2-c64-d20": (148_480, 26_166_272),
+    "igcv2-c64-d26": (199_552, 34_522_112),
+    "igcv2-c80-d8": (45_120, 11_613_440),
+    "igcv2-c80-d20": (143_360, 31_847_680),
+    "igcv2-c80-d26": (192_480, 41_964_800),
+    "igcv2star-c216": (322_144, 76_899_712),
+    "igcv2star-c304": (477_568, 112_444_160),
+    "igcv2star-c416": (651_456, 151_763_456),
 }
 
 
@@ -296,3 +320,14 @@ def test_loose_and_special_knobs_validate():
         xception_knobs(32, depth=9)
     with pytest.raises(TypeError, match="knobs must be IGCV2Knobs"):
         build({"widths": 64})
+
+
+def test_knobs_added_later_keep_the_json_form_of_existing_studies():
+    """shortcut and widen were added after studies were recorded: at their defaults they stay out
+    of the knobs' JSON form, so dedup keys of existing IGCV2 trials do not change."""
+    from space.registry import knobs_json
+
+    default = knobs_json(IGCV2Knobs())
+    assert "shortcut" not in default and "widen" not in default
+    assert knobs_json(IGCV2Knobs(shortcut="projection"))["shortcut"] == "projection"
+    assert IGCV2Knobs(**{k: tuple(v) if isinstance(v, list) else v for k, v in default.items()}) == IGCV2Knobs()

@@ -48,6 +48,7 @@ def test_channel_shuffle_permutation():
     x = torch.arange(6.0).view(1, 6, 1, 1)
     assert ChannelShuffle(2)(x).flatten().tolist() == [0, 3, 1, 4, 2, 5]
     assert ChannelShuffle(3)(x).flatten().tolist() == [0, 2, 4, 1, 3, 5]
+    assert ChannelShuffle(1)(x) is x  # the contiguous LGC's deploy form: no copy
     with pytest.raises(ValueError, match="groups must be a positive integer"):
         ChannelShuffle(0)
 
@@ -104,6 +105,38 @@ def test_lgc_groups_are_interleaved_output_filters():
         assert rows[0].sum() == 4
 
 
+def test_lgc_contiguous_groups_are_blocks_of_output_filters():
+    torch.manual_seed(1)
+    lgc = LearnedGroupConv(8, 12, groups=3, condense_factor=2, grouping="contiguous")
+    lgc.set_progress(1.0)
+    mask = lgc.mask[:, :, 0, 0]
+    for g in range(3):
+        rows = mask[4 * g:4 * g + 4]
+        assert (rows == rows[0]).all(), "filters g*d .. (g+1)*d-1 share one input pattern"
+        assert rows[0].sum() == 4
+    assert len({tuple(mask[4 * g].tolist()) for g in range(3)}) > 1, "the groups learned different inputs"
+
+
+def test_lgc_contiguous_drops_smallest_l1_inputs_of_each_group_and_deploys_without_shuffle():
+    lgc = LearnedGroupConv(4, 4, groups=2, condense_factor=2, grouping="contiguous")
+    weight = torch.tensor([
+        [1.0, 4.0, 0.5, -3.0],
+        [4.0, -0.5, 2.0, 0.5],
+        [-1.0, 0.5, 4.0, 3.0],
+        [0.5, 0.5, -3.0, 5.0],
+    ])
+    with torch.no_grad():
+        # group 0 = filters 0 and 1: L1 [5, 4.5, 2.5, 3.5] -> drop inputs 2 and 3;
+        # group 1 = filters 2 and 3: L1 [1.5, 1, 7, 8] -> drop inputs 1 and 0
+        lgc.conv.weight.copy_(weight[:, :, None, None])
+    assert lgc.set_progress(0.5)
+    assert lgc.mask[:, :, 0, 0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    deployed = lgc.deploy()
+    assert deployed.index.tolist() == [0, 1, 2, 3]
+    assert deployed.conv.weight[:, :, 0, 0].tolist() == [[1.0, 4.0], [4.0, -0.5], [4.0, 3.0], [-3.0, 5.0]]
+    assert deployed.shuffle.groups == 1
+
+
 def test_lgc_drops_smallest_l1_inputs_of_each_group():
     lgc = LearnedGroupConv(4, 4, groups=2, condense_factor=2)
     with torch.no_grad():
@@ -155,16 +188,35 @@ def test_lgc_lasso_loss_matches_group_norms_and_vanishes_at_final_stage():
     assert lgc.conv.weight.grad is not None
     lgc.set_progress(1.0)
     assert lgc.lasso_loss().item() == 0.0
+    contiguous = LearnedGroupConv(6, 4, groups=2, condense_factor=3, grouping="contiguous")
+    w = contiguous.conv.weight[:, :, 0, 0]
+    expected = sum(w[2 * g:2 * g + 2, j].norm() for g in range(2) for j in range(6))
+    torch.testing.assert_close(contiguous.lasso_loss(), expected)
+
+
+def test_lgc_checkpoint_of_the_other_grouping_is_refused():
+    """Same keys and shapes, other meaning: a condensed mask of one grouping must not load into the other."""
+    torch.manual_seed(4)
+    interleaved = LearnedGroupConv(8, 8, groups=2, condense_factor=2)
+    contiguous = LearnedGroupConv(8, 8, groups=2, condense_factor=2, grouping="contiguous")
+    assert interleaved.state_dict().keys() == contiguous.state_dict().keys()
+    contiguous.load_state_dict(interleaved.state_dict())  # stage 0: all ones, valid for both
+    interleaved.set_progress(1.0)
+    with pytest.raises(RuntimeError, match=r"conv.mask: the filters of a group do not share one input pattern "
+                                           r"under grouping='contiguous'"):
+        contiguous.load_state_dict(interleaved.state_dict())
 
 
 # --- LGC deploy ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cin, cout, groups, factor, dropout", [
-    (16, 32, 4, 4, 0.0), (24, 48, 4, 8, 0.1), (12, 24, 2, 3, 0.0), (8, 8, 1, 1, 0.0), (16, 12, 3, 2, 0.0),
+@pytest.mark.parametrize("cin, cout, groups, factor, dropout, grouping", [
+    (16, 32, 4, 4, 0.0, "interleaved"), (24, 48, 4, 8, 0.1, "interleaved"), (12, 24, 2, 3, 0.0, "interleaved"),
+    (8, 8, 1, 1, 0.0, "interleaved"), (16, 12, 3, 2, 0.0, "interleaved"),
+    (16, 32, 4, 4, 0.0, "contiguous"), (24, 48, 4, 8, 0.1, "contiguous"), (16, 12, 3, 2, 0.0, "contiguous"),
 ])
-def test_lgc_deploy_equals_masked_layer(cin, cout, groups, factor, dropout):
+def test_lgc_deploy_equals_masked_layer(cin, cout, groups, factor, dropout, grouping):
     torch.manual_seed(5)
-    lgc = LearnedGroupConv(cin, cout, groups, factor, dropout=dropout, activation="hswish")
+    lgc = LearnedGroupConv(cin, cout, groups, factor, dropout=dropout, activation="hswish", grouping=grouping)
     _randomise_bn(lgc)
     for p in (0.1, 0.25, 0.4, 0.55):
         lgc.set_progress(p)
@@ -174,8 +226,52 @@ def test_lgc_deploy_equals_masked_layer(cin, cout, groups, factor, dropout):
     assert deployed.index.numel() == groups * cin // factor
     assert deployed.conv.groups == groups and deployed.conv.in_channels == groups * cin // factor
     assert _params(deployed) == cout * cin // factor + 2 * groups * cin // factor
+    assert deployed.shuffle.groups == (groups if grouping == "interleaved" else 1)
     x = torch.randn(2, cin, 5, 5)
     assert (lgc(x) - deployed(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("grouping", ["interleaved", "contiguous"])
+def test_condensed_lgc_in_training_draws_the_masked_layers_dropout(grouping):
+    """Training the condensed form mid-run: one dropout mask per input channel and pixel, the same
+    random numbers as the masked layer (an input kept by several groups is dropped in all or none)."""
+    torch.manual_seed(8)
+    lgc = LearnedGroupConv(16, 32, groups=4, condense_factor=2, dropout=0.2, grouping=grouping)
+    _randomise_bn(lgc)
+    lgc.set_progress(1.0)
+    deployed = lgc.deploy().train()
+    assert deployed.index.numel() > deployed.index.unique().numel(), "some input is kept by several groups"
+    x = torch.randn(3, 16, 4, 4)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        masked = lgc(x)
+        after_masked = torch.get_rng_state()
+        torch.manual_seed(seed)
+        condensed = deployed(x)
+        assert torch.equal(torch.get_rng_state(), after_masked), "both forms draw the same random numbers"
+        assert (masked - condensed).abs().max().item() < 1e-5
+    torch.manual_seed(0)
+    first = deployed(x)
+    assert not torch.allclose(first, deployed(x)), "dropout is active"
+    cl = x.to(memory_format=torch.channels_last)  # the trainer may train channels-last
+    torch.manual_seed(3)
+    masked = lgc(cl)
+    torch.manual_seed(3)
+    assert (masked - deployed(cl)).abs().max().item() < 1e-5
+
+
+def test_deploy_draws_no_random_numbers():
+    """Deploy copies every value it creates: no random init, so converting mid-training leaves the
+    dropout stream of the condensed form where the masked form would have it."""
+    lgc = LearnedGroupConv(16, 16, groups=4, condense_factor=4, dropout=0.1)
+    sfr = SparseFeatureReactivation(8, 16, groups=2, sparse_factor=2, dropout=0.1)
+    lgc.set_progress(1.0)
+    sfr.set_progress(1.0)
+    state = torch.get_rng_state()
+    deployed = lgc.deploy(), sfr.deploy()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(deployed[0].norm.weight, lgc.norm.weight[deployed[0].index])
+    assert torch.equal(deployed[1].norm.running_var, sfr.norm.running_var)
 
 
 def test_lgc_deploy_before_final_stage_completes_the_schedule():
@@ -217,6 +313,8 @@ def test_deployed_lgc_is_trainable():
     (dict(in_channels=8, out_channels=8, groups=2, condense_factor=2.0), "condense_factor must be a positive integer"),
     (dict(in_channels=8, out_channels=8, groups=2, condense_factor=2, dropout=1.0), r"dropout must lie in \[0, 1\)"),
     (dict(in_channels=8, out_channels=8, groups=2, condense_factor=2, activation="tanh"), "unknown activation"),
+    (dict(in_channels=8, out_channels=8, groups=2, condense_factor=2, grouping="blocks"),
+     r"grouping must be one of \('interleaved', 'contiguous'\), but got grouping='blocks'"),
 ])
 def test_lgc_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

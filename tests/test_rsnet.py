@@ -13,6 +13,7 @@ from space import convert
 from space.cost import count_params, measure
 from space.knobs import draw_random
 from space.layers import CondensedGroupConv, LearnedGroupConv
+from trainers.condense import element_sources, find_ties, tie_gradients
 from space.registry import get_family, get_preset, list_presets
 from space.rsnet import (LAYOUT, RSNetKnobs, RSUnit, SAMPLE_MAX_WIDTH, build, channel_plan, descending_ratios,
                          sample, search_space)
@@ -65,11 +66,12 @@ def test_descending_ratios_give_the_papers_schedules():
 # tolerance live in the preset (rel_tol 0.06 on params and MACs).
 EXPECTED = {
     "rsnet-115": (319_802, 59_567_888, 63_452_954),
-    "rsnet-135": (1_450_162, 211_124_488, 218_986_258),
+    "rsnet-135": (1_404_262, 193_896_168, 200_935_154),
     "rsnet-195": (3_034_010, 436_290_016, 454_935_018),
 }
-# Official-convention FLOPs against the paper: 115 and 195 within 1 %; 135 is +7.9 % (documented).
-OFFICIAL_TOL = {"rsnet-115": 0.01, "rsnet-135": 0.08, "rsnet-195": 0.01}
+# Official-convention FLOPs against the paper: 115 and 195 within 1 %; 135 is -1.0 % (200.94M
+# against 203M, just outside 1 %; documented in space.rsnet).
+OFFICIAL_TOL = {"rsnet-115": 0.01, "rsnet-135": 0.02, "rsnet-195": 0.01}
 
 
 def test_presets_registered():
@@ -90,6 +92,19 @@ def test_preset_matches_paper(name):
     assert flops == official
     assert flops == pytest.approx(paper.macs, rel=OFFICIAL_TOL[name])
     assert preset.knobs.depth == preset.extra["depth"]
+
+
+def test_rsnet_135_reads_table_2s_caption():
+    """Table 2's caption gives RSNet-135 descending S3; Table 1's says constant S3 = 0.5. The
+    descending reading fits Table 1's figures far better (see space.rsnet); both are pinned here."""
+    knobs = get_preset("rsnet-135").knobs
+    assert knobs.s1 == (0.2,) * 6 and knobs.s3 == (0.6, 0.6, 0.5, 0.5, 0.4, 0.4)
+    constant = RSNetKnobs(units=(11, 11, 11, 11, 10, 10), s1=0.2, s3=0.5, groups=4, condense_factor=4,
+                          compression=0.5, stem_channels=48)
+    assert constant.depth == 135
+    cost = measure("rsnet", constant, num_classes=10, image_size=32)
+    assert (cost.params, cost.macs) == (1_450_162, 211_124_488)
+    assert _official_flops(constant, cost.macs, 10) == 218_986_258  # +7.9 % of 203M, against -1.0 %
 
 
 def test_preset_num_classes_is_a_build_argument():
@@ -163,11 +178,12 @@ def _randomise_bn(model: nn.Module) -> None:
             m.bias.data.uniform_(-0.2, 0.2)
 
 
-@pytest.mark.parametrize("groups,condense_factor", [(4, 4), (2, 4), (4, 2)])
-def test_deploy_equals_training_form_after_condensation(groups, condense_factor):
+@pytest.mark.parametrize("groups,condense_factor,shuffle", [(4, 4, False), (2, 4, False), (4, 2, False),
+                                                             (4, 4, True)])
+def test_deploy_equals_training_form_after_condensation(groups, condense_factor, shuffle):
     torch.manual_seed(3)
     knobs = RSNetKnobs(units=(2, 2, 1, 1, 1, 2), s1=0.3, s3=0.6, groups=groups, condense_factor=condense_factor,
-                       compression=0.6, stem_channels=16)
+                       compression=0.6, stem_channels=16, shuffle=shuffle)
     model = build(knobs, num_classes=7, image_size=8)
     _randomise_bn(model)
     changed = [convert.set_progress(model, p) for p in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)]
@@ -183,6 +199,93 @@ def test_deploy_equals_training_form_after_condensation(groups, condense_factor)
     assert cost.params == count_params(deployed)
     lgc_weights = sum(m.conv.weight.numel() for m in deployed.modules() if isinstance(m, CondensedGroupConv))
     assert lgc_weights == sum(lgc.out_channels * lgc.in_channels // condense_factor for lgc in lgcs)
+    shuffles = {m.shuffle.groups for m in deployed.modules() if isinstance(m, CondensedGroupConv)}
+    assert shuffles == ({groups} if shuffle else {1})
+
+
+def _lgc_groups(conv1: nn.Module) -> list[list[int]]:
+    """Output channels of the LGC, group by group: in training form the filters that share one
+    learned input pattern, in deploy form the groups of the grouped 1x1 conv (before any shuffle)."""
+    if isinstance(conv1, CondensedGroupConv):
+        d = conv1.conv.out_channels // conv1.conv.groups
+        return [list(range(g * d, (g + 1) * d)) for g in range(conv1.conv.groups)]
+    patterns = conv1.mask[:, :, 0, 0]
+    _, inverse = torch.unique(patterns, dim=0, return_inverse=True)
+    return [torch.nonzero(inverse == i).flatten().tolist() for i in range(int(inverse.max()) + 1)]
+
+
+@pytest.mark.parametrize("form", ["train", "deploy"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_each_3x3_group_sees_only_its_own_lgc_group(form, shuffle):
+    """Sec. 3.3.2: no shuffle between the 1x1 LGC and the 3x3 group conv. Perturbing the weights of
+    one LGC group changes the outputs of one 3x3 group only, group g for LGC group g (the one
+    holding filters g*d .. (g+1)*d-1); with the ``shuffle`` knob, every 3x3 group."""
+    torch.manual_seed(6)
+    groups = 4
+    knobs = RSNetKnobs(groups=groups, condense_factor=4, shuffle=shuffle)
+    unit = RSUnit(32, 16, 8, knobs)
+    _randomise_bn(unit)
+    convert.set_progress(unit, 1.0)
+    unit = (convert.to_deploy(unit) if form == "deploy" else unit).eval()
+    assert isinstance(unit.conv1, CondensedGroupConv if form == "deploy" else LearnedGroupConv)
+    lgc_groups = _lgc_groups(unit.conv1)
+    assert sorted(len(rows) for rows in lgc_groups) == [4] * groups
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        base = unit.conv2(unit.conv1(x))
+        for rows in lgc_groups:
+            weight = unit.conv1.conv.weight  # rows: output filters (deploy: in grouped order)
+            saved = weight[rows].clone()
+            weight[rows] += torch.randn_like(saved)
+            diff = (unit.conv2(unit.conv1(x)) - base).abs()
+            weight[rows] = saved
+            per_group = diff.view(2, groups, 2, 6, 6).amax(dim=(0, 2, 3, 4))
+            changed = [h for h in range(groups) if per_group[h] > 1e-4]
+            unchanged = [h for h in range(groups) if per_group[h] == 0]
+            assert len(changed) + len(unchanged) == groups  # exactly zero where not reached
+            if shuffle:
+                assert changed == list(range(groups))
+            else:
+                assert changed == [rows[0] // 4], f"LGC filters {rows} reach 3x3 groups {changed}"
+
+
+def test_shuffle_knob_changes_no_count():
+    knobs = get_preset("rsnet-115").knobs
+    shuffled = RSNetKnobs(**{**knobs.as_dict(), "shuffle": True})
+    a = measure("rsnet", knobs, num_classes=10, image_size=32)
+    b = measure("rsnet", shuffled, num_classes=10, image_size=32)
+    assert (a.params, a.macs, a.train_params, a.train_macs) == (b.params, b.macs, b.train_params, b.train_macs)
+    assert RSNetKnobs().shuffle is False  # the paper's choice
+
+
+def test_condensed_training_with_dropout_follows_masked_training():
+    """Dropout 0.2: a few SGD steps of the masked network and of its condensed form (BN copies tied,
+    as the trainer does) from the same weights and seeds give the same losses and weights."""
+    torch.manual_seed(7)
+    knobs = RSNetKnobs(units=(2, 1, 1, 1, 1, 2), s1=0.3, s3=0.6, groups=4, condense_factor=4,
+                       compression=0.6, stem_channels=16, dropout=0.2)
+    masked = build(knobs, num_classes=5, image_size=8)
+    _randomise_bn(masked)
+    convert.set_progress(masked, 1.0)
+    condensed = convert.to_deploy(masked)
+    tie_gradients(condensed, find_ties(condensed, element_sources(masked, condensed)))
+    x, y = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    losses = {}
+    for name, model in (("masked", masked), ("condensed", condensed)):
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        losses[name] = []
+        for step in range(4):
+            torch.manual_seed(100 + step)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    assert losses["masked"] == pytest.approx(losses["condensed"], rel=1e-5)
+    assert len(set(losses["masked"])) == 4
+    masked.eval()
+    torch.testing.assert_close(masked(x), condensed.eval()(x), rtol=1e-4, atol=1e-5)
 
 
 def test_deploy_form_keeps_training():
@@ -273,6 +376,7 @@ BAD_KNOBS = [
     ({"stem_channels": 50}, r"stem_channels=50 must be divisible by lcm\(groups, condense_factor\)=4"),
     ({"groups": 2, "condense_factor": 8, "stem_channels": 12}, r"lcm\(groups, condense_factor\)=8"),
     ({"dropout": 1.0}, r"dropout must lie in \[0, 1\), but got dropout=1.0"),
+    ({"shuffle": 1}, r"shuffle must be a bool, but got shuffle=1"),
     ({"units": 64, "s1": 0.9, "s3": 0.9, "compression": 0.9}, r"the network grows to \d+ channels, more than 65536"),
 ]
 
@@ -290,3 +394,15 @@ def test_build_checks_its_arguments():
         build(FIG3, num_classes=0)
     with pytest.raises(ValueError, match=r"unknown knob\(s\) \['width'\]"):
         get_family("rsnet").knobs_from_dict({"width": 3})
+
+
+def test_records_from_before_the_shuffle_knob_rebuild_the_shuffled_units():
+    """A knobs dict written before ``shuffle`` existed trained CondenseNet's interleaved groups:
+    rebuilding it from a record must give that network, not the new default."""
+    from space.registry import get_family, knobs_json
+
+    family = get_family("rsnet")
+    old_record = knobs_json(family.default_knobs())
+    old_record.pop("shuffle")
+    assert family.knobs_from_dict(old_record).shuffle is True
+    assert family.knobs_from_dict(knobs_json(family.default_knobs())).shuffle is False

@@ -8,7 +8,6 @@ bad-seed and bad-warm-start cases are in ``test_bad_inputs.py``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from search.status import status_dict
 from search.storage import load_existing_study
 from search.sweep import Sweep
 from search import testing
-from space.registry import get_preset
+from space.registry import get_preset, knobs_json
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +79,7 @@ def test_seeds_are_trained_first_once_and_reported_against_the_front(tmp_path, r
         assert trial_status(t) == "trained"
         assert t.params == {"family": read_record(t).family}  # the sampler sees the family, not the knobs
     preset = read_record(seeds["igcv2-c64-d8"][0])
-    assert preset.knobs == yaml.safe_load(yaml.safe_dump(dataclasses.asdict(get_preset("igcv2-c64-d8").knobs)))
+    assert preset.knobs == yaml.safe_load(yaml.safe_dump(knobs_json(get_preset("igcv2-c64-d8").knobs)))
     assert (preset.num_classes, preset.image_size, preset.in_channels) == (10, 16, 1)  # adapted to the data
 
     front = pareto_front(study)

@@ -33,10 +33,10 @@ from trainers.tune import FormatTrial, time_step
 class TinyNet(nn.Module):
     """stem -> LGC (2 groups, C=2) -> SFR added back -> concat -> BN-ReLU -> 2x2 pool -> linear."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, dropout: float = 0.0) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, 8, 3, padding=1, bias=False)
-        self.lgc = LearnedGroupConv(8, 16, groups=2, condense_factor=2)
+        self.lgc = LearnedGroupConv(8, 16, groups=2, condense_factor=2, dropout=dropout)
         self.sfr = SparseFeatureReactivation(16, 8, groups=2, sparse_factor=2)
         self.norm = nn.BatchNorm2d(24)
         self.fc = nn.Linear(24 * 4, num_classes)
@@ -104,12 +104,20 @@ def _at_progress(model: nn.Module, progress: float) -> nn.Module:
     return model
 
 
-def test_condensed_training_follows_masked_training(digits, tmp_path):
-    """Same SGD steps in both forms (momentum carried, duplicated BN copies tied): same result."""
-    masked = train_model(TinyNet, digits, dataclasses.replace(CFG, condensed_training=False),
-                         checkpoint_dir=tmp_path / "masked")
-    condensed = train_model(TinyNet, digits, CFG, checkpoint_dir=tmp_path / "condensed")
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_condensed_training_follows_masked_training(digits, tmp_path, dropout):
+    """Same SGD steps in both forms (momentum carried, duplicated BN copies tied, with dropout the
+    same mask per input channel): same result."""
+    build = functools.partial(TinyNet, dropout=dropout)
+    masked_reports: list[EpochReport] = []
+    condensed_reports: list[EpochReport] = []
+    masked = train_model(build, digits, dataclasses.replace(CFG, condensed_training=False),
+                         report=masked_reports.append, checkpoint_dir=tmp_path / "masked")
+    condensed = train_model(build, digits, CFG, report=condensed_reports.append,
+                            checkpoint_dir=tmp_path / "condensed")
     assert masked.condensed_at is None and condensed.condensed_at == pytest.approx(SWITCH)
+    assert [r.train_loss for r in masked_reports] == pytest.approx([r.train_loss for r in condensed_reports],
+                                                                  rel=1e-4)
     a, b = _weights(tmp_path / "masked" / DEPLOY_NAME), _weights(tmp_path / "condensed" / DEPLOY_NAME)
     for name in a:  # 24 steps after the switch: only float rounding apart
         assert torch.allclose(a[name].float(), b[name].float(), rtol=1e-3, atol=1e-4), name

@@ -18,7 +18,9 @@ convolution applies its BN to the selected inputs, so an input kept by two group
 of its BN scale and shift. In the masked network they are one parameter; trained separately they
 would drift apart. :func:`tie_gradients` keeps such copies tied (each gets the sum of their
 gradients, as the single masked parameter would), so training the condensed form follows the masked
-one exactly.
+one exactly. That holds with dropout too: the conversion draws no random numbers, and the condensed
+layer draws the masked layer's dropout mask over its full input and gathers it, so an input kept by
+two groups is dropped in both or neither (``space.layers``).
 """
 from __future__ import annotations
 

@@ -589,7 +589,11 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
 
 
 def _knobs_json(knobs: Any) -> Any:
-    return dataclasses.asdict(knobs) if dataclasses.is_dataclass(knobs) else repr(knobs)
+    if dataclasses.is_dataclass(knobs):
+        from space.registry import knobs_json
+
+        return knobs_json(knobs)
+    return repr(knobs)
 
 
 def train(family: str, knobs: Any, data: DataSplits, cfg: TrainConfig,
