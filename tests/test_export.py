@@ -341,6 +341,20 @@ def test_models_reload_with_load_model(family_name: str, tmp_path: Path):
     assert float(row["onnx_latency_ms"]) == pytest.approx(member["onnx_latency_ms"])
 
 
+def test_models_asked_for_and_none_written_is_an_error(tmp_path: Path, capsys):
+    """Every front member's weights are missing (trained where this machine cannot see): the
+    tables are written, the command says why no model was, and exits 1."""
+    family = get_family("igcv2")
+    knobs = _smallest_knobs(family)
+    study = _new_study(tmp_path)
+    _add(study, "trained", [0.8, 2e6, 2e4], family="igcv2", knobs=knobs, **{**DATA, "image_size": 16},
+         checkpoint=str(tmp_path / "elsewhere" / "checkpoint.pt"))
+    with pytest.raises(ExportError, match=r"--models wrote no model: none of the 1 front members' deploy weights"
+                                          r".*trial 0: deploy weights not found at .*elsewhere/deploy.pt"):
+        export_study(study, tmp_path / "out", models=True, log=lambda _: None)
+    assert (tmp_path / "out" / "pareto.json").is_file() and not list((tmp_path / "out" / "models").iterdir())
+
+
 def test_condensenetv2_with_sfr_exports_to_onnx(tmp_path: Path):
     """SFR's deploy form sums several kept outputs into one input channel; the ONNX graph must add
     them too (a plain index_add/scatter export overwrites, and the logits change)."""

@@ -116,7 +116,8 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
         The content of ``pareto.json``.
 
     Raises:
-        ExportError: the folder cannot be created or written.
+        ExportError: the folder cannot be created or written, or ``models`` was asked for and not
+            one front member's model could be written (the tables are written first).
     """
     out_dir = Path(out_dir)
     models_dir = _prepare_dir(out_dir, models)
@@ -133,6 +134,11 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
         raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None
     log(f"wrote {len(front)} front members ({doc['n_trained']} fully trained trials) to {out_dir}: "
         f"pareto.csv, pareto.json, pareto.html, pareto.png" + (", models/" if models else ""))
+    if models and entries and not any(e.get("weights") for e in entries):
+        # Asked for models and got none: the tables are written, but this is no success.
+        raise ExportError(f"--models wrote no model: none of the {len(entries)} front members' deploy weights could "
+                          f"be read here (trial {entries[0]['trial']}: {entries[0].get('weights_error')}); "
+                          f"export on a machine that sees the run directory the workers wrote to")
     hv = doc.get("hypervolume")
     if hv:
         log(f"hypervolume ({hv['space']}): front {hv['front']:.4f}, seeds alone {hv['seeds']:.4f}; "
