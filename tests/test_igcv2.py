@@ -249,6 +249,24 @@ def test_xception_and_igcv1_rows_against_the_paper(knobs_fn, width, depth, ours,
     assert ours / paper - 1 == pytest.approx(gap, abs=0.0005)
 
 
+def test_table8_imagenet_igcv2_as_described():
+    """Table 8's IGCV2-1.0 from Sec. 5.1's description: built, dense in every block, pinned, and
+    its gap to Table 9 (4.1M params, 564M FLOPs) as the docstrings state it (not reproduced)."""
+    from space.cost import count_macs
+    from space.igcv2 import imagenet_igcv2
+
+    with torch.device("meta"):
+        model = imagenet_igcv2()
+    blocks = [m for m in model if isinstance(m, IGCV2Block)]
+    assert len(blocks) == 18 and all(check_conditions(b)["dense"] for b in blocks)
+    params, macs = conv_weight_count(model), count_macs(model, 224)
+    assert (params, macs) == (5_193_088, 830_540_800)
+    assert params / 4.1e6 - 1 == pytest.approx(0.267, abs=0.001) and macs / 564e6 - 1 == pytest.approx(0.473, abs=0.001)
+    assert imagenet_igcv2(num_classes=16).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 16)
+    with pytest.raises(ValueError, match="8 branches must divide num_classes"):
+        imagenet_igcv2(num_classes=10)
+
+
 def test_igcv1_special_case():
     knobs = igcv1_knobs(48, depth=8)
     with torch.device("meta"):
