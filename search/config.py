@@ -23,7 +23,8 @@ from search.exceptions import StudyFileError
 __all__ = [
     "StudyConfig", "DataSection", "FamilySection", "ConstraintsSection", "SamplerSection",
     "BudgetSection", "FidelitySection", "AshaSection", "TrainSection", "ResourcesSection",
-    "RaySection", "RetrySection", "ProxiesSection", "PrescreenSection", "LatencySection", "load_study",
+    "RaySection", "RetrySection", "ProxiesSection", "PrescreenSection", "LatencySection", "TrackingSection",
+    "MlflowSection", "load_study",
     "parse_study", "OBJECTIVES", "SAMPLERS", "DATASETS", "PROXIES", "LATENCY_RUNTIMES",
 ]
 
@@ -156,6 +157,17 @@ class LatencySection:
 
 
 @dataclass(frozen=True)
+class MlflowSection:
+    uri: str                         # tracking URI: http(s)://host:port of an MLflow server, or a local path
+    experiment: Optional[str] = None  # experiment name (default: the study name)
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    mlflow: Optional[MlflowSection] = None  # search.tracking: one MLflow run per trial
+
+
+@dataclass(frozen=True)
 class WarmStartSection:
     storage: str                     # SQLAlchemy URL of the other study's database
     study: str                       # its study name
@@ -180,6 +192,7 @@ class StudyConfig:
     prescreen: Optional[PrescreenSection] = None  # None: every feasible new proposal is trained
     seeds: tuple = ()                # preset names or {family, knobs, name}; search.seeds.Seed once parsed
     warm_start: Optional[WarmStartSection] = None  # import another study's trained trials (search.warm_start)
+    tracking: Optional[TrackingSection] = None  # experiment tracking of every trial (search.tracking)
     storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
     run_dir: Optional[str] = None    # default runs/<study>; relative paths: to the study file's folder
     path: str = "<memory>"           # the study file it came from (not a YAML key)
@@ -392,6 +405,7 @@ def _check_values(cfg: StudyConfig) -> None:
     _positive(p, "ray.connect_timeout_s", cfg.ray.connect_timeout_s, allow_none=False)
     _check_proxies(cfg)
     _check_latency(cfg)
+    _check_tracking(cfg)
     if cfg.storage is not None and "://" not in cfg.storage:
         raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
                                             f"or postgresql://user@host/db, got {cfg.storage!r}")
@@ -413,6 +427,19 @@ def _check_latency(cfg: StudyConfig) -> None:
             raise StudyFileError(p, "latency.runtime", "'onnxruntime' needs the onnxruntime package, which is not "
                                                        "installed; install it with: pip install 'effnas[onnx]' "
                                                        "(on every node), or measure with runtime: torch")
+
+
+def _check_tracking(cfg: StudyConfig) -> None:
+    section = cfg.tracking.mlflow if cfg.tracking is not None else None
+    if section is None:
+        return
+    if not section.uri.strip():
+        raise StudyFileError(cfg.path, "tracking.mlflow.uri", "is empty; give the MLflow server's URL, e.g. http://127.0.0.1:5000")
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise StudyFileError(cfg.path, "tracking.mlflow", "needs the mlflow package, which is not installed; install "
+                                                          "it with: pip install 'effnas[mlflow]', or remove `tracking:`")
 
 
 def _check_proxies(cfg: StudyConfig) -> None:

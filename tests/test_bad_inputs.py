@@ -107,6 +107,9 @@ STUDY_CASES = [
     ("latency-repeats", _study(latency={"repeats": 0}), [], "latency.repeats: must be > 0, got 0"),
     ("latency-warmup", _study(latency={"warmup": -1}), [], "latency.warmup: must be >= 0, got -1"),
     ("latency-unknown-key", _study(latency={"device": "gpu"}), [], "latency.device: unknown key"),
+    ("tracking-no-uri", _study(tracking={"mlflow": {"experiment": "x"}}), [], "tracking.mlflow.uri: required key is missing"),
+    ("tracking-empty-uri", _study(tracking={"mlflow": {"uri": " "}}), [], "tracking.mlflow.uri: is empty"),
+    ("tracking-unknown", _study(tracking={"wandb": {}}), [], "tracking.wandb: unknown key; valid keys here: mlflow"),
     ("train-recipe", _study(train={"recipe": "papers"}), [],
      "train.recipe: unknown recipe 'papers' (did you mean 'paper'?); valid: default, paper"),
 ]
@@ -169,6 +172,20 @@ def test_onnxruntime_latency_without_onnxruntime_installed(tmp_path, monkeypatch
 
     path.write_text(yaml.safe_dump(_study(latency={"runtime": "onnxruntime"})))
     assert load_study(path).latency.runtime == "onnxruntime"
+
+
+def test_mlflow_tracking_without_mlflow_installed(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(_study(tracking={"mlflow": {"uri": "http://127.0.0.1:5000"}})))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "tracking.mlflow: needs the mlflow package" in err and "pip install 'effnas[mlflow]'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
 def test_the_onnx_latency_helpers_say_how_to_install_onnxruntime(monkeypatch):

@@ -125,6 +125,9 @@ class Sweep:
         self.spaces: dict[str, dict] = {}
         self.fidelity: dict = {}
         self.sampler = None
+        from search.tracking import NoTracking
+
+        self.tracker = NoTracking()  # preflight() sets the study's tracker
         self.shared_db = sqlite_path(cfg.storage_url) is None
         self.costs: dict[str, tuple[dict, dict, dict]] = {}  # arch_key -> (cost, constraints, proxies)
         self.pool: list[tuple[Proposal, TrialRecord]] = []  # pre-screening: feasible, new, not chosen yet
@@ -157,6 +160,9 @@ class Sweep:
 
             check_source(self.cfg)
         check_existing_database(self.cfg)
+        from search.tracking import make_tracker
+
+        self.tracker = make_tracker(self.cfg, self.log)  # a tracking server that does not answer: now
         if self.backend is None and self.cfg.ray.address not in (None, "local"):
             from search.sweep.backends.actors import check_reachable
 
@@ -263,6 +269,7 @@ class Sweep:
                     self._loop(study)
             finally:
                 self.progress.close()
+                self.tracker.close(interrupted=bool(self.inflight))
                 self.backend.close()
             self.summary.loop_seconds = time.perf_counter() - loop_start
         s = self.summary
@@ -460,8 +467,10 @@ class Sweep:
         # Time spent waiting for a worker is queueing, not driver work: `status` leaves it out.
         queued = time.perf_counter() - p.queued_at if p.queued_at is not None else 0.0
         rec = rec.with_outcome(queued_seconds=queued)
-        self.backend.submit(p.number, self._spec(p))
+        spec = self._spec(p)
+        self.backend.submit(p.number, spec)
         self.inflight[p.number] = (p, rec)
+        self.tracker.started(p.number, p.family, p.knobs_dict, spec.train, rec.to_dict())
         self.progress.running = len(self.inflight)
         self.progress.trial_started(p.number, p.family)
         faults.checkpoint("submitted")
@@ -482,6 +491,7 @@ class Sweep:
             latency_c = latency_constraint(out["latency_ms"], limit)
             rec = rec.with_outcome(constraints=[*cost_constraints.values(), latency_c])
             set_constraints(p.trial, {**cost_constraints, "max_latency_ms": latency_c})
+        self.tracker.finished(number, status.value, rec.to_dict())
         if status in (TrialStatus.TRAINED, TrialStatus.STOPPED):
             self._record_trained(study, p, rec, status, out)
         elif status == TrialStatus.INFEASIBLE:
@@ -538,6 +548,7 @@ class Sweep:
             self._finish(study, event.token, event.result)
         elif isinstance(event, EpochReport):
             self.progress.epoch(event.token, event.metrics)
+            self.tracker.epoch(event.token, event.metrics)
 
     def _loop(self, study: optuna.Study) -> None:
         limit = self.cfg.budget.time_limit_s
