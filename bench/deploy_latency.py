@@ -22,6 +22,7 @@ Spearman correlations between them and with MACs.
     python bench/deploy_latency.py                        # both parts, about 10 minutes on 2 cores
     python bench/deploy_latency.py --presets condensenet-86 --archs 0 --rounds 3
     python bench/deploy_latency.py --presets --archs 0 --profile   # where ONNX Runtime spends the time
+    python bench/deploy_latency.py --presets --archs 0 --dense-3x3 # the lowering's 3x3 choice
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ from trainers.latency import time_calls  # noqa: E402
 
 PRESETS = ("condensenetv2-110", "condensenet-86", "rsnet-115", "igcv2-c64-d20", "sc-resnet50-cifar")
 GOAL_PRESETS = ("condensenetv2-110", "condensenet-86")
-FORMS = ("masked PyTorch", "deploy PyTorch", "masked ORT", "deploy ORT", "deploy ORT as is")
+ORT_FORMS = ("masked ORT", "deploy ORT", "deploy ORT as is")
+FORMS = ("masked PyTorch", "deploy PyTorch", *ORT_FORMS)
 MAX_ABS_DIFF = 1e-4  # relative to the largest logit
 
 
@@ -65,17 +67,18 @@ def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
             m.bias.data.uniform_(-0.2, 0.2, generator=g)
 
 
-def _forms(family: str, knobs, num_classes: int, size: int, threads: int, seed: int = 0) -> tuple[dict, float]:
-    """The five forms (models and ORT sessions) and the largest output difference between them."""
+def _forms(family: str, knobs, num_classes: int, size: int, threads: int, seed: int = 0,
+           ort_forms: tuple = ORT_FORMS) -> tuple[dict, float]:
+    """Both PyTorch forms and the ``ort_forms`` sessions, and the largest output difference between them."""
     torch.manual_seed(seed)
     masked = build_model(family, knobs, num_classes, size).eval()
     if has_schedule(masked):
         set_progress(masked, 1.0)
     _randomise_bn(masked, seed)
     deployed = to_deploy(masked)
-    lowered = to_onnx_form(deployed, size)
-    sessions = {name: ort_session(onnx_bytes(m, size), threads)
-                for name, m in (("masked ORT", masked), ("deploy ORT", lowered), ("deploy ORT as is", deployed))}
+    graphs = {"masked ORT": lambda: masked, "deploy ORT": lambda: to_onnx_form(deployed, size),
+              "deploy ORT as is": lambda: deployed}
+    sessions = {name: ort_session(onnx_bytes(graphs[name](), size), threads) for name in ort_forms}
     x = torch.randn(4, 3, size, size)
     with torch.no_grad():
         want = masked(x)
@@ -167,7 +170,7 @@ def _random_archs(n: int, max_macs: float, seed: int) -> list[tuple[str, object,
 def ranks_part(args) -> dict:
     rows = []
     for i, (family, knobs, macs) in enumerate(_random_archs(args.archs, args.max_macs, args.seed)):
-        forms, diff = _forms(family, knobs, 10, 32, args.threads, seed=i)
+        forms, diff = _forms(family, knobs, 10, 32, args.threads, seed=i, ort_forms=("deploy ORT",))
         forms = {k: forms[k] for k in ("deploy PyTorch", "deploy ORT")}
         times = _time_forms(forms, 32, 1, 1, args.rank_runs)
         row = {"family": family, "macs": macs, "torch_ms": times["deploy PyTorch"][0],
@@ -213,7 +216,7 @@ def profile_part(args) -> dict:
     out = {}
     for name in GOAL_PRESETS:
         p = get_preset(name)
-        forms, _ = _forms(p.family, p.knobs, p.num_classes, p.image_size, args.threads)
+        forms, _ = _forms(p.family, p.knobs, p.num_classes, p.image_size, args.threads, ort_forms=())
         masked, lowered = forms["masked PyTorch"], to_onnx_form(forms["deploy PyTorch"], p.image_size)
         out[name] = {form: _op_times(onnx_bytes(m, p.image_size), p.image_size, args.threads, 50)
                      for form, m in (("masked ORT", masked), ("deploy ORT", lowered))}
@@ -221,6 +224,28 @@ def profile_part(args) -> dict:
             total = sum(ops.values())
             cells = ", ".join(f"{op} {ms:.2f} ({100 * ms / total:.0f}%)" for op, ms in list(ops.items())[:8])
             print(f"{name} {form}: {total:.2f} ms in kernels: {cells}", flush=True)
+    return out
+
+
+def dense_3x3_part(args) -> dict:
+    """The lowering's choice for the 3x3 group conv, measured: condensenet-86 with 4 and 8 groups
+    there, lowered with the dense 3x3 and with the grouped one behind a gather, alternating."""
+    import space.onnx as lowering
+
+    family, out = get_family("condensenet"), {}
+    default = lowering.DENSE_3X3_MAX_GROUPS
+    for groups in (4, 8):
+        knobs = family.knobs_with(get_preset("condensenet-86").knobs, {"groups_3x3": groups})
+        sessions = {}
+        for path, limit in (("dense", groups), ("grouped", groups - 1)):
+            lowering.DENSE_3X3_MAX_GROUPS = limit
+            forms, _ = _forms("condensenet", knobs, 100, 32, args.threads, ort_forms=("deploy ORT",))
+            sessions[path] = forms["deploy ORT"]
+        lowering.DENSE_3X3_MAX_GROUPS = default
+        times = _time_forms(sessions, 32, 1, args.rounds, args.runs)
+        out[groups] = {k: statistics.median(v) for k, v in times.items()}
+        print(f"groups_3x3={groups}: dense 3x3 {out[groups]['dense']:.2f} ms, grouped 3x3 {out[groups]['grouped']:.2f} ms "
+              f"(grouped / dense {out[groups]['grouped'] / out[groups]['dense']:.2f})", flush=True)
     return out
 
 
@@ -235,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-macs", type=float, default=3e8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="ONNX Runtime's per-operator time for the goal presets")
+    parser.add_argument("--dense-3x3", action="store_true", help="time the lowering's dense against grouped 3x3")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -250,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         _table(results["presets"])
         results["goals"] = _goals(results["presets"])
         print("\n" + "\n".join(results["goals"]))
+    if args.dense_3x3:
+        print()
+        results["dense_3x3"] = dense_3x3_part(args)
     if args.profile:
         print()
         results["profile"] = profile_part(args)

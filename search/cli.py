@@ -236,6 +236,8 @@ def cmd_export(args) -> int:
 def _check_images(study_file: str):
     """32 normalised validation images of the study, for checking the exported ONNX graphs (None,
     with a line saying why, when the study's data cannot be loaded here)."""
+    import torch
+
     from search.config import load_study
     from search.exceptions import DataError
     from search.sweep import load_study_data
@@ -245,10 +247,9 @@ def _check_images(study_file: str):
     except DataError as e:
         print(f"ONNX graphs are checked on random inputs: {e}", flush=True)
         return None
-    x = data.val_x[:32].float().div_(255)
-    mean = x.new_tensor(data.mean).view(1, -1, 1, 1)
-    std = x.new_tensor(data.std).view(1, -1, 1, 1)
-    return (x - mean) / std
+    from trainers.augment import normalize
+
+    return normalize(data.val_x[:32], torch.tensor(data.mean), torch.tensor(data.std))  # as the trainer does
 
 
 COMMANDS: dict[str, Callable] = {

@@ -382,10 +382,11 @@ def _check_values(cfg: StudyConfig) -> None:
             raise StudyFileError(p, "fidelity.asha.reduction_factor", f"must be >= 2, got {a.reduction_factor}")
         if a.rank is not None and a.rank not in ("pareto", "accuracy"):
             raise StudyFileError(p, "fidelity.asha.rank", f"expected 'pareto' or 'accuracy', got {a.rank!r}")
-    if cfg.train.recipe not in ("default", "paper"):  # trainers.recipes.RECIPES
+    from trainers.recipes import RECIPES  # torch-free
+
+    if cfg.train.recipe not in RECIPES:
         raise StudyFileError(p, "train.recipe", f"unknown recipe {cfg.train.recipe!r}"
-                                                f"{_did_you_mean(cfg.train.recipe, ('default', 'paper'))}; "
-                                                f"valid: default, paper")
+                                                f"{_did_you_mean(cfg.train.recipe, RECIPES)}; valid: {', '.join(RECIPES)}")
     for key in ("batch_size", "lr"):
         _positive(p, f"train.{key}", getattr(cfg.train, key), allow_none=False)
     _positive(p, "train.weight_decay", cfg.train.weight_decay, allow_none=False, strict=False)
@@ -420,13 +421,9 @@ def _check_latency(cfg: StudyConfig) -> None:
     _positive(p, "latency.batch", lat.batch, allow_none=False)
     _positive(p, "latency.repeats", lat.repeats, allow_none=False)
     _positive(p, "latency.warmup", lat.warmup, allow_none=False, strict=False)
-    if lat.runtime == "onnxruntime" and cfg.measures_latency:
-        import importlib.util
-
-        if importlib.util.find_spec("onnxruntime") is None:  # the workers need it too; the driver says so first
-            raise StudyFileError(p, "latency.runtime", "'onnxruntime' needs the onnxruntime package, which is not "
-                                                       "installed; install it with: pip install 'effnas[onnx]' "
-                                                       "(on every node), or measure with runtime: torch")
+    if lat.runtime == "onnxruntime" and cfg.measures_latency:  # the workers need it too; the driver says so first
+        _require_package(p, "latency.runtime", "'onnxruntime' needs", "onnxruntime", "onnx",
+                         " (on every node), or measure with runtime: torch")
 
 
 def _check_tracking(cfg: StudyConfig) -> None:
@@ -435,11 +432,16 @@ def _check_tracking(cfg: StudyConfig) -> None:
         return
     if not section.uri.strip():
         raise StudyFileError(cfg.path, "tracking.mlflow.uri", "is empty; give the MLflow server's URL, e.g. http://127.0.0.1:5000")
+    _require_package(cfg.path, "tracking.mlflow", "needs", "mlflow", "mlflow", ", or remove `tracking:`")
+
+
+def _require_package(path: str, key: str, lead: str, module: str, extra: str, alternative: str) -> None:
+    """An optional dependency a key asks for, checked without importing it."""
     import importlib.util
 
-    if importlib.util.find_spec("mlflow") is None:
-        raise StudyFileError(cfg.path, "tracking.mlflow", "needs the mlflow package, which is not installed; install "
-                                                          "it with: pip install 'effnas[mlflow]', or remove `tracking:`")
+    if importlib.util.find_spec(module) is None:
+        raise StudyFileError(path, key, f"{lead} the {module} package, which is not installed; install it with: "
+                                        f"pip install 'effnas[{extra}]'{alternative}")
 
 
 def _check_proxies(cfg: StudyConfig) -> None:

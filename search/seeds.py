@@ -33,24 +33,18 @@ class Seed:
     knobs_dict: dict    # its JSON form
 
 
-def _knobs_json(knobs) -> dict:
-    from space.registry import knobs_json
-
-    return knobs_json(knobs)
-
-
 def _from_preset(path: str, key: str, name: str) -> Seed:
-    from space.registry import get_preset, list_presets
+    from space.registry import get_preset, knobs_json, list_presets
 
     if name not in list_presets():
         raise StudyFileError(path, key, f"unknown preset {name!r}; valid presets: {', '.join(list_presets())}, "
                                         f"or write {{family: .., knobs: {{..}}}}")
     preset = get_preset(name)
-    return Seed(name, preset.family, preset.knobs, _knobs_json(preset.knobs))
+    return Seed(name, preset.family, preset.knobs, knobs_json(preset.knobs))
 
 
 def _from_design(path: str, key: str, raw: dict, index: int) -> Seed:
-    from space.registry import get_family, list_families
+    from space.registry import get_family, knobs_json, list_families
 
     unknown = sorted(set(raw) - {"family", "knobs", "name"})
     if unknown:
@@ -64,15 +58,15 @@ def _from_design(path: str, key: str, raw: dict, index: int) -> Seed:
         raise StudyFileError(path, f"{key}.knobs", f"expected a mapping of knob names to values, got {knobs!r}")
     try:
         fam = get_family(family)
-        # Whole knobs as given (the family fills in the rest); `growth.1: 16` edits one stage of the defaults.
-        dotted = any("." in str(k) for k in knobs)
-        built = fam.knobs_with(fam.default_knobs(), knobs) if dotted else fam.knobs_from_dict(knobs)
+        # The family's defaults with the given knobs, whole (`growth: [8, 16, 32]`) or one stage
+        # (`growth.1: 16`); not knobs_from_dict, which reads absent knobs as a stored record meant them.
+        built = fam.knobs_with(fam.default_knobs(), knobs)
     except (TypeError, ValueError) as e:
         raise StudyFileError(path, f"{key}.knobs", str(e)) from None
     name = raw.get("name") or f"{family}-seed{index}"
     if not isinstance(name, str):
         raise StudyFileError(path, f"{key}.name", f"expected a string, got {name!r}")
-    return Seed(name, family, built, _knobs_json(built))
+    return Seed(name, family, built, knobs_json(built))
 
 
 def _field_value(knobs: dict, param: str):

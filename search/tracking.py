@@ -43,7 +43,7 @@ class Tracker:
     def finished(self, number: int, status: str, record: dict) -> None:
         pass
 
-    def close(self, interrupted: bool) -> None:
+    def close(self) -> None:
         pass
 
 
@@ -122,12 +122,12 @@ class MlflowTracker(Tracker):
         self._safely(f"epoch {step} of trial {number}", log)
 
     def finished(self, number: int, status: str, record: dict) -> None:
-        run_id = self.runs.pop(number, None)
-        if run_id is None:
+        if number not in self.runs:
             return
         # Epochs the live reports did not bring (they are best-effort) come from the result's curve.
         for step, acc in enumerate(record.get("curve") or [], start=1):
-            self._curve_epoch(number, run_id, step, acc)
+            self.epoch(number, {"epoch": step, "val_acc": acc})
+        run_id = self.runs.pop(number)
 
         def finish() -> None:
             from mlflow.entities import Metric
@@ -142,17 +142,7 @@ class MlflowTracker(Tracker):
         self._safely(f"the end of trial {number}", finish)
         self.logged_epochs.pop(number, None)
 
-    def _curve_epoch(self, number: int, run_id: str, step: int, acc: float) -> None:
-        if step <= self.logged_epochs.get(number, 0):
-            return
-
-        def log() -> None:
-            self.client.log_metric(run_id, "val_acc", float(acc), step=step)
-            self.logged_epochs[number] = step
-
-        self._safely(f"epoch {step} of trial {number}", log)
-
-    def close(self, interrupted: bool) -> None:
+    def close(self) -> None:
         for number, run_id in list(self.runs.items()):  # trials still running when the sweep stopped
             self._safely(f"closing trial {number}", lambda r=run_id: self.client.set_terminated(r, "KILLED"))
         self.runs.clear()

@@ -12,7 +12,8 @@ same outputs, into the graph that runtime runs best:
   shuffle between them moves behind that BN and activation (both per channel), so the 1x1
   convolution fuses with them; for up to :data:`DENSE_3X3_MAX_GROUPS` groups the 3x3 group
   convolution becomes one dense convolution whose weight holds the shuffle and zero blocks, which
-  ONNX Runtime runs faster than the grouped one and the shuffle in front of it;
+  ONNX Runtime runs faster than the grouped one and the shuffle in front of it (in its profiles,
+  the dense convolutions ran in its blocked NCHWc layout and the grouped ones did not);
 - the condensed SFR (:class:`DenseReactivation`): one 1x1 convolution whose weight carries the
   index-add (the official CondenseNetV2 conversion folds it into a 0/1 matrix the same way);
 - channel shuffles and SlimConv's channel folds with the channel counts fixed at lowering time
@@ -39,8 +40,10 @@ from space.layers import (BatchNorm2d, ChannelShuffle, CondensedGroupConv, Conde
 __all__ = ["DENSE_3X3_MAX_GROUPS", "CondensedPair", "DenseReactivation", "PermuteChannels", "to_onnx_form",
            "onnx_bytes", "ort_session", "require_onnxruntime", "OnnxRuntimeMissing"]
 
-# Measured on condensenet-86 (groups 4): the dense 3x3 with zero blocks runs 1.5x faster in ONNX
-# Runtime than the grouped one; at 8 groups it multiplies 8x the MACs and loses (bench/deploy_latency.py).
+# `python bench/deploy_latency.py --presets --archs 0 --dense-3x3` (condensenet-86, batch 1, 2 threads):
+# the grouped 3x3 behind its gather takes 1.18x the dense one's time at 4 groups, and 1.03x / 1.23x in
+# two runs at 8 groups, where the dense weight holds 8x the MACs. Above 4 groups stays grouped until a
+# wider measurement (batches, networks) says the dense one wins there too.
 DENSE_3X3_MAX_GROUPS = 4
 
 
@@ -221,8 +224,8 @@ def ort_session(blob: bytes, threads: int = 1):
     """A CPU ONNX Runtime session with ``threads`` intra-op threads and full graph optimisation.
 
     Idle threads do not spin: on a node shared with other trials (or another session being timed)
-    a spinning pool takes CPU from them, and the measured times grow erratic (seen: medians 2x the
-    minimum with two sessions alternating, against 1.3x without spinning).
+    a spinning pool takes CPU from them, and the measured times grow erratic (seen on condensenet-86,
+    three sessions alternating at batch 1: median 2.7x the minimum with spinning, 1.4x without).
     """
     ort = require_onnxruntime()
     options = ort.SessionOptions()

@@ -56,7 +56,11 @@ class Family:
         return self.knobs_cls()
 
     def knobs_from_dict(self, values: dict) -> Any:
-        """Rebuild knobs from their JSON form (lists become tuples); unknown keys raise."""
+        """Rebuild knobs from their stored JSON form (lists become tuples); unknown keys raise.
+
+        For what a record or a worker's spec holds: a knob absent there means what it meant when
+        the record was written (``absent_means``). User input goes through :meth:`knobs_with`.
+        """
         names = {f.name for f in dataclasses.fields(self.knobs_cls)}
         unknown = sorted(set(values) - names)
         if unknown:

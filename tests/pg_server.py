@@ -17,13 +17,13 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import pytest
+from net import free_port  # tests/net.py: pytest puts tests/ on sys.path
 
 __all__ = ["find_bindir", "require_postgres", "start_postgres", "postgres_url"]
 
@@ -80,11 +80,6 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _as_server_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", SERVER_USER, "--", *argv] if os.geteuid() == 0 else argv
@@ -127,7 +122,7 @@ def _start(bindir: Path, home: Path, data: Path) -> int:
     """Start on a free port; retried because another process may take the port in between."""
     error: Exception | None = None
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         options = " ".join([f"-p {port}", "-c listen_addresses=127.0.0.1", f"-c unix_socket_directories={home}",
                             *(f"-c {s}" for s in _SERVER_SETTINGS)])
         try:

@@ -16,15 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from net import free_port  # tests/net.py: pytest puts tests/ on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "study_v1.sql"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, deadline: float):
@@ -43,7 +39,7 @@ def test_dashboard_serves_the_study_and_stops_cleanly(tmp_path, sig):
     db = tmp_path / "study.db"
     with sqlite3.connect(db) as con:
         con.executescript(FIXTURE.read_text())
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--storage", f"sqlite:///{db}",
                              "--port", str(port)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -155,3 +155,13 @@ def test_warm_start_imports_trained_trials_once_and_seeds_are_never_stopped(tmp_
     log = "\n".join(lines)
     assert f"imported 0 trained trial(s); skipped {len(src)}: " in log
     assert f"{len(src_trained)} trained at another fidelity" in log and f"{n_stopped} not trained to full" in log
+
+
+def test_a_seed_design_gets_the_familys_defaults_for_the_knobs_it_leaves_out():
+    """Absent knobs of a *design* are the family's defaults (RSNet: no shuffle, the paper's choice),
+    not what an absent knob means in a stored record (the shuffled units of older studies)."""
+    from search.config import FamilySection
+    from search.seeds import parse_seeds
+
+    (seed,) = parse_seeds([{"family": "rsnet", "knobs": {"groups": 4}}], {"rsnet": FamilySection()}, "s.yaml")
+    assert seed.knobs.shuffle is False and seed.knobs_dict["shuffle"] is False

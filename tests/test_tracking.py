@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,21 +18,17 @@ import yaml
 from search import testing
 from search.config import parse_study
 from search.sweep import Sweep
+from net import free_port  # tests/net.py: pytest puts tests/ on sys.path
 
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` on a free port, SQLite backend store, artifacts served by the server."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     server = subprocess.Popen([exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
@@ -93,7 +88,7 @@ def test_a_tracking_server_that_does_not_answer_is_an_error_before_anything_is_w
     from search.cli import main
 
     monkeypatch.chdir(tmp_path)
-    raw = _study(tmp_path, f"http://127.0.0.1:{_free_port()}")
+    raw = _study(tmp_path, f"http://127.0.0.1:{free_port()}")
     raw.pop("run_dir")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -210,7 +210,8 @@ _LATENCY_IDENTITY = ("runtime", "threads", "batch", "device")  # what makes two 
 
 def _check_latency_setup(study: optuna.Study, cfg) -> None:
     """Latencies of one study are measured one way: a resumed study keeps its runtime, threads, batch."""
-    setup = {k: cfg.latency_setup()[k] for k in _LATENCY_IDENTITY}
+    resolved = cfg.latency_setup()
+    setup = {k: resolved[k] for k in _LATENCY_IDENTITY}
     stored = study.user_attrs.get("latency_setup")
     if stored is None:
         study.set_user_attr("latency_setup", setup)

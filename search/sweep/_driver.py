@@ -269,7 +269,7 @@ class Sweep:
                     self._loop(study)
             finally:
                 self.progress.close()
-                self.tracker.close(interrupted=bool(self.inflight))
+                self.tracker.close()  # runs of trials still in flight end as KILLED
                 self.backend.close()
             self.summary.loop_seconds = time.perf_counter() - loop_start
         s = self.summary
