@@ -21,10 +21,10 @@ TrialFn = Callable[[dict, Any, Callable], dict]
 def _measure_latency(spec: dict, data) -> tuple[float, dict]:
     """Latency of the deploy form as the study's ``latency:`` says, and that setup as recorded.
 
-    Random weights suffice (latency ignores values); the masks are stepped to the end first, so the
-    deploy form has the structure a finished training run deploys.
+    Random weights suffice (latency ignores values); ``to_deploy`` gives the final condensed
+    structure whatever stage the masks are at, so the network is timed as a finished run deploys it.
     """
-    from space.convert import has_schedule, set_progress, to_deploy
+    from space.convert import to_deploy
     from space.registry import get_family
     from trainers.latency import LatencySetup, measure_deploy_latency
 
@@ -32,8 +32,6 @@ def _measure_latency(spec: dict, data) -> tuple[float, dict]:
     family = get_family(spec["family"])
     model = family.build(family.knobs_from_dict(spec["knobs"]), num_classes=data.num_classes,
                          image_size=data.image_size, in_channels=data.in_channels)
-    if has_schedule(model):
-        set_progress(model, 1.0)
     return measure_deploy_latency(to_deploy(model), data.image_size, data.in_channels, setup), setup.as_record()
 
 
