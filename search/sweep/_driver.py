@@ -164,7 +164,7 @@ class Sweep:
 
         self.tracker = make_tracker(self.cfg, self.log)  # a tracking server that does not answer: now
         if self.backend is None and self.cfg.ray.address not in (None, "local"):
-            from search.sweep.backends.actors import check_reachable
+            from search.sweep.backends._ray import check_reachable
 
             check_reachable(self.cfg.ray.address, self.cfg.ray.connect_timeout_s, self.cfg.path)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from search.exceptions import ResourcesError, WorkerStartError
+from search.exceptions import WorkerStartError
 from search.sweep.backends import EpochReport, Event, Finished, Priced, TrialSpec
+from search.sweep.backends._ray import on_driver_node, start_ray, trial_slots
 from search.sweep.trial import TrialFn, run_trial
 
 __all__ = ["ActorsBackend"]
@@ -88,52 +89,6 @@ class _Pricer:
         return self.price_fn(family, knobs)
 
 
-def _cluster_address(address: str) -> str | None:
-    """``host:port`` of the cluster an address names (``auto``: $RAY_ADDRESS, else the address file
-    ``ray start`` leaves in /tmp/ray), or None when ``auto`` finds no cluster at all."""
-    if address.startswith("ray://"):
-        return address[len("ray://"):].split("/")[0]
-    if address != "auto":
-        return address
-    env = os.environ.get("RAY_ADDRESS")
-    if env and env not in ("auto", "local"):
-        return env[len("ray://"):] if env.startswith("ray://") else env
-    try:
-        with open("/tmp/ray/ray_current_cluster") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def check_reachable(address: str, timeout_s: float, where: str) -> None:
-    """The cluster's head answers on its port within ``timeout_s``, else one clear error."""
-    import socket
-
-    target = _cluster_address(address)
-    fix = "start it (`ray start --head` on the head node) or set ray.address: null for a local instance"
-    if target is None:
-        raise WorkerStartError(f"{where}: ray.address is 'auto' but no running Ray cluster was found; {fix}")
-    host, _, port = target.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as e:
-        raise WorkerStartError(f"{where}: the Ray cluster at {target} (ray.address {address!r}) did not answer "
-                               f"within {timeout_s:g} s ({e}); {fix}") from None
-
-
-def _on_driver_node(actor_cls):
-    """An actor handle placed on the driver's node (costs are tiny messages, specs stay local)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    try:
-        here = ray.get_runtime_context().get_node_id()
-        return actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True))
-    except Exception:  # a client-mode driver has no node of its own
-        return actor_cls
-
-
 class ActorsBackend:
     """Trials on Ray actors (see the module docstring).
 
@@ -164,57 +119,15 @@ class ActorsBackend:
         self._new_worker: Callable[[], Any] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _start_ray(self):
-        import signal
-        import threading
-
-        import ray
-
-        if ray.is_initialized():
-            return ray
-        # ray.init replaces the process's SIGTERM handler with one that aborts; the caller's (`run`
-        # stops cleanly on SIGTERM) is put back.
-        main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGTERM) if main_thread else None
-        try:
-            self._init_ray(ray)
-        finally:
-            if main_thread and previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        return ray
-
-    def _init_ray(self, ray) -> None:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
-        if self.ray_address and self.ray_address != "local":
-            # Ray waits for an absent cluster for minutes, deaf to Ctrl-C: probe it first (the
-            # driver's preflight did too; the cluster may have gone since).
-            check_reachable(self.ray_address, self.connect_timeout_s, self.where)
-            ray.init(address=self.ray_address, **kwargs)
-        else:
-            # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
-            # file says (plain ray.init() would try to join that cluster).
-            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, **kwargs)
-
-    def _slots(self, ray) -> int:
-        total = ray.cluster_resources()
-        slots = int(total.get("CPU", 1) // self.cpus)
-        if self.gpus:
-            slots = min(slots, int(total.get("GPU", 0) // self.gpus))
-            if slots == 0:
-                raise ResourcesError(
-                    f"{self.where}: resources.gpus_per_trial is {self.gpus} but the Ray "
-                    f"instance has {total.get('GPU', 0)} GPUs; lower it or set it to 0")
-        return max(1, min(slots, self.max_concurrent or slots))
-
     def start(self, data, rung_rule) -> int:
-        ray = self._start_ray()
-        slots = self._slots(ray)
+        ray = start_ray(self.ray_address, self.num_cpus, self.num_gpus, self.connect_timeout_s, self.where)
+        slots = trial_slots(ray, self.cpus, self.gpus, self.max_concurrent, self.where)
         worker_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0)(_Worker)
         rung = ray.remote(num_cpus=0)(_RungActor).remote(rung_rule) if rung_rule is not None else None
         data_ref, threads = ray.put(data), max(1, int(self.cpus))
         self.epoch_log = ray.remote(num_cpus=0)(_EpochLog).remote()
         self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung, self.epoch_log)
-        self.pricer = _on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
+        self.pricer = on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
         self.idle = [self._new_worker() for _ in range(slots)]
         try:
             ray.get([w.ping.remote() for w in self.idle])

@@ -1,0 +1,102 @@
+"""What every Ray-based backend shares: joining or starting the Ray instance the study file names,
+probing a cluster before joining it, counting trial slots, and placing small actors on the driver's node."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from search.exceptions import ResourcesError, WorkerStartError
+
+__all__ = ["check_reachable", "start_ray", "trial_slots", "on_driver_node"]
+
+
+def _cluster_address(address: str) -> str | None:
+    """``host:port`` of the cluster an address names (``auto``: $RAY_ADDRESS, else the address file
+    ``ray start`` leaves in /tmp/ray), or None when ``auto`` finds no cluster at all."""
+    if address.startswith("ray://"):
+        return address[len("ray://"):].split("/")[0]
+    if address != "auto":
+        return address
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env not in ("auto", "local"):
+        return env[len("ray://"):] if env.startswith("ray://") else env
+    try:
+        with open("/tmp/ray/ray_current_cluster") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def check_reachable(address: str, timeout_s: float, where: str) -> None:
+    """The cluster's head answers on its port within ``timeout_s``, else one clear error."""
+    import socket
+
+    target = _cluster_address(address)
+    fix = "start it (`ray start --head` on the head node) or set ray.address: null for a local instance"
+    if target is None:
+        raise WorkerStartError(f"{where}: ray.address is 'auto' but no running Ray cluster was found; {fix}")
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise WorkerStartError(f"{where}: the Ray cluster at {target} (ray.address {address!r}) did not answer "
+                               f"within {timeout_s:g} s ({e}); {fix}") from None
+
+
+def on_driver_node(actor_cls):
+    """An actor handle placed on the driver's node (costs are tiny messages, specs stay local)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        return actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True))
+    except Exception:  # a client-mode driver has no node of its own
+        return actor_cls
+
+
+
+def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, connect_timeout_s: float,
+              where: str):
+    """The ``ray`` module, initialised on the study file's ``ray.address`` (None or ``local``: a
+    private local instance with ``num_cpus``/``num_gpus``); an initialised Ray is used as it is."""
+    import signal
+    import threading
+
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    # ray.init replaces the process's SIGTERM handler with one that aborts; the caller's (`run`
+    # stops cleanly on SIGTERM) is put back.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+        if address and address != "local":
+            # Ray waits for an absent cluster for minutes, deaf to Ctrl-C: probe it first (the
+            # driver's preflight did too; the cluster may have gone since).
+            check_reachable(address, connect_timeout_s, where)
+            ray.init(address=address, **kwargs)
+        else:
+            # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
+            # file says (plain ray.init() would try to join that cluster).
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return ray
+
+
+def trial_slots(ray, cpus: float, gpus: float, max_concurrent: int | None, where: str) -> int:
+    """Concurrent trials the instance holds at ``cpus``/``gpus`` each, capped by ``max_concurrent``."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 1) // cpus)
+    if gpus:
+        slots = min(slots, int(total.get("GPU", 0) // gpus))
+        if slots == 0:
+            raise ResourcesError(
+                f"{where}: resources.gpus_per_trial is {gpus} but the Ray "
+                f"instance has {total.get('GPU', 0)} GPUs; lower it or set it to 0")
+    return max(1, min(slots, max_concurrent or slots))
