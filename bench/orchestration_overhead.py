@@ -2,9 +2,11 @@
 
 A trivially cheap trial (no training: it returns a made-up accuracy at once) goes through the whole
 effnas machinery: Optuna ask with the family's hierarchical knobs, the cost model, the budget check,
-Ray actor scheduling, the result record and tell, on a real SQLite file with a real local Ray
-instance (2 CPUs, 2 concurrent trials). The anchor script (plain Optuna loop; Ray Tune +
-OptunaSearch, 2 concurrent trials) runs in the same invocation, alternating with effnas.
+scheduling on the execution backend, the result record and tell, on a real SQLite file with a real
+local Ray instance (2 CPUs, 2 concurrent trials). Both effnas backends are measured: ``effnas``
+(``execution.backend: actors``) and ``effnas_tune`` (``tune``: every trial a Ray Tune trial). The
+anchor script (plain Optuna loop; Ray Tune + OptunaSearch, 2 concurrent trials) runs in the same
+invocation, alternating with them.
 
 Both sides are timed over two spans, the anchor's own definitions:
 - whole (``*_ms_per_trial``): the call that runs the sweep, divided by N. For effnas that is
@@ -32,11 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SIDES = ("effnas", "plain_optuna_sqlite", "ray_tune_optunasearch")
+SIDES = ("effnas", "effnas_tune", "plain_optuna_sqlite", "ray_tune_optunasearch")
+BACKENDS = {"effnas": "actors", "effnas_tune": "tune"}  # side -> execution.backend
 
 
-def effnas_spans(n: int, workdir: str) -> dict[str, float]:
-    """Milliseconds per trial of one effnas sweep of ``n`` cheap trials, over both spans."""
+def effnas_spans(n: int, workdir: str, side: str = "effnas") -> dict[str, float]:
+    """Milliseconds per trial of one effnas sweep of ``n`` cheap trials on the side's backend, over both spans."""
     import ray
 
     from search.config import parse_study
@@ -45,7 +48,7 @@ def effnas_spans(n: int, workdir: str) -> dict[str, float]:
     from trainers.data import DataConfig, load_data
 
     cfg = parse_study({
-        "study": "overhead", "run_dir": os.path.join(workdir, "effnas"),
+        "study": "overhead", "run_dir": os.path.join(workdir, side), "execution": {"backend": BACKENDS[side]},
         "data": {"dataset": "digits", "val_size": 200},
         "families": {"condensenet": {}, "rsnet": {}, "igcv2": {}, "slimconv": {}},
         "budget": {"n_trials": n, "max_stalls": 10 * n}, "fidelity": {"epochs": 1},
@@ -60,18 +63,18 @@ def effnas_spans(n: int, workdir: str) -> dict[str, float]:
     finally:
         ray.shutdown()
     if s.trained != n:
-        raise SystemExit(f"effnas trained {s.trained} of {n} trials: the benchmark measured something else")
+        raise SystemExit(f"{side} trained {s.trained} of {n} trials: the benchmark measured something else")
     steady = (s.last_result_at - s.first_result_at) / max(1, s.trained - 1)
     proposals = s.trained + s.duplicate + s.infeasible
-    return {"effnas_ms_per_trial": 1000 * whole / n, "effnas_steady_ms_per_trial": 1000 * steady,
-            "effnas_loop_ms_per_proposal": 1000 * s.loop_seconds / max(1, proposals)}
+    return {f"{side}_ms_per_trial": 1000 * whole / n, f"{side}_steady_ms_per_trial": 1000 * steady,
+            f"{side}_loop_ms_per_proposal": 1000 * s.loop_seconds / max(1, proposals)}
 
 
 def anchor_spans(path: str, n: int) -> dict[str, float]:
     out = subprocess.run([sys.executable, path, str(n)], capture_output=True, text=True, check=True).stdout
     pairs = (line.split() for line in out.splitlines())
     found = {p[0]: float(p[1]) for p in pairs if len(p) == 2 and p[0].endswith("_ms_per_trial")}
-    needed = [f"{side}{span}_ms_per_trial" for side in SIDES[1:] for span in ("", "_steady")]
+    needed = [f"{side}{span}_ms_per_trial" for side in SIDES if side not in BACKENDS for span in ("", "_steady")]
     missing = [k for k in needed if k not in found]
     if missing:
         raise SystemExit(f"{path} printed no {missing}: it is not the anchor this benchmark reads")
@@ -87,7 +90,8 @@ def main() -> None:
     runs: dict[str, list[float]] = {}
     for r in range(args.repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            figures = {**effnas_spans(args.trials, tmp), **anchor_spans(args.anchor, args.trials)}
+            figures = {**effnas_spans(args.trials, tmp, "effnas"), **anchor_spans(args.anchor, args.trials),
+                       **effnas_spans(args.trials, tmp, "effnas_tune")}
         for k, v in figures.items():
             runs.setdefault(k, []).append(round(v, 1))
         print(f"run {r}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()), flush=True)
@@ -96,15 +100,18 @@ def main() -> None:
     print(f"{'side':<24}{'whole':>10}{'steady':>10}")
     for side in SIDES:
         print(f"{side:<24}{med[f'{side}_ms_per_trial']:>10.1f}{med[f'{side}_steady_ms_per_trial']:>10.1f}")
-    ratios = {span: [e / t for e, t in zip(runs[f"effnas{span}_ms_per_trial"],
-                                             runs[f"ray_tune_optunasearch{span}_ms_per_trial"])]
-              for span in ("", "_steady")}
-    for span, name in (("", "whole"), ("_steady", "steady")):
-        print(f"effnas / ray_tune_optunasearch, {name}: "
-              + " ".join(f"{x:.2f}" for x in ratios[span]) + f" (median {statistics.median(ratios[span]):.2f})")
+    ratios = {side: {span: [e / t for e, t in zip(runs[f"{side}{span}_ms_per_trial"],
+                                                   runs[f"ray_tune_optunasearch{span}_ms_per_trial"])]
+                        for span in ("", "_steady")} for side in BACKENDS}
+    for side in BACKENDS:
+        for span, name in (("", "whole"), ("_steady", "steady")):
+            r = ratios[side][span]
+            print(f"{side} / ray_tune_optunasearch, {name}: " + " ".join(f"{x:.2f}" for x in r)
+                  + f" (median {statistics.median(r):.2f})")
     print(json.dumps({"trials": args.trials, "repeats": args.repeats, "median_ms_per_trial": med, "runs": runs,
-                      "ratio_to_ray_tune": {"whole": [round(x, 3) for x in ratios[""]],
-                                            "steady": [round(x, 3) for x in ratios["_steady"]]}}))
+                      "ratio_to_ray_tune": {side: {"whole": [round(x, 3) for x in ratios[side][""]],
+                                                   "steady": [round(x, 3) for x in ratios[side]["_steady"]]}
+                                            for side in BACKENDS}}))
 
 
 if __name__ == "__main__":

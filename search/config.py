@@ -128,6 +128,16 @@ class RaySection:
     connect_timeout_s: float = 15.0  # a cluster that does not answer within this is an error, not a hang
 
 
+BACKENDS = ("actors", "tune")  # search.sweep.backends
+
+
+@dataclass(frozen=True)
+class ExecutionSection:
+    # actors: long-lived Ray actors, the lowest overhead per trial (bench/orchestration_overhead.py);
+    # tune: every trial a Ray Tune trial (Tune's loggers, callbacks and result objects).
+    backend: str = "actors"
+
+
 @dataclass(frozen=True)
 class ProxiesSection:
     # Zero-cost proxies scored for every proposal (PROXIES: all). Off by default: all four cost
@@ -188,12 +198,16 @@ class StudyConfig:
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     retry: RetrySection = field(default_factory=RetrySection)
     ray: RaySection = field(default_factory=RaySection)
+    execution: ExecutionSection = field(default_factory=ExecutionSection)
     proxies: ProxiesSection = field(default_factory=ProxiesSection)
     prescreen: Optional[PrescreenSection] = None  # None: every feasible new proposal is trained
     seeds: tuple = ()                # preset names or {family, knobs, name}; search.seeds.Seed once parsed
     warm_start: Optional[WarmStartSection] = None  # import another study's trained trials (search.warm_start)
     tracking: Optional[TrackingSection] = None  # experiment tracking of every trial (search.tracking)
     storage: Optional[str] = None    # SQLAlchemy URL; default sqlite file under the run directory
+    # Epoch checkpoints and deploy weights: a pyarrow.fs URI or a path every node sees (search.artifacts);
+    # default: the run directory on the driver's machine, reached through Ray's object store.
+    artifacts: Optional[str] = None
     run_dir: Optional[str] = None    # default runs/<study>; relative paths: to the study file's folder
     path: str = "<memory>"           # the study file it came from (not a YAML key)
 
@@ -407,6 +421,7 @@ def _check_values(cfg: StudyConfig) -> None:
     _check_proxies(cfg)
     _check_latency(cfg)
     _check_tracking(cfg)
+    _check_execution(cfg)
     if cfg.storage is not None and "://" not in cfg.storage:
         raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
                                             f"or postgresql://user@host/db, got {cfg.storage!r}")
@@ -424,6 +439,26 @@ def _check_latency(cfg: StudyConfig) -> None:
     if lat.runtime == "onnxruntime" and cfg.measures_latency:  # the workers need it too; the driver says so first
         _require_package(p, "latency.runtime", "'onnxruntime' needs", "onnxruntime", "onnx",
                          " (on every node), or measure with runtime: torch")
+
+
+def _check_execution(cfg: StudyConfig) -> None:
+    p, backend = cfg.path, cfg.execution.backend
+    if backend not in BACKENDS:
+        raise StudyFileError(p, "execution.backend", f"unknown backend {backend!r}{_did_you_mean(backend, BACKENDS)}; "
+                                                     f"valid: {', '.join(BACKENDS)}")
+    if cfg.artifacts is not None:
+        if not isinstance(cfg.artifacts, str) or not cfg.artifacts.strip():
+            raise StudyFileError(p, "artifacts", f"expected a path or a URI such as s3://bucket/prefix, got {cfg.artifacts!r}")
+        from search.artifacts import check_location, to_uri
+
+        why = check_location(to_uri(cfg.artifacts))
+        if why is not None:
+            raise StudyFileError(p, "artifacts", f"{cfg.artifacts!r} cannot hold checkpoints ({why}); give a path "
+                                                 f"or a URI pyarrow.fs reads (s3://, gs://, hdfs://, file://)")
+    elif (cfg.ray.address or "").startswith("ray://"):
+        raise StudyFileError(p, "artifacts", "a ray:// client driver runs on no Ray node, so trials cannot keep "
+                                             "checkpoints in its run directory; set artifacts: to a location every "
+                                             "node reaches (s3://bucket/prefix, or a shared path)")
 
 
 def _check_tracking(cfg: StudyConfig) -> None:
@@ -521,8 +556,11 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
     warm = cfg.warm_start
     if warm is not None:
         warm = dataclasses.replace(warm, storage=_resolve_sqlite(base_dir, warm.storage))
+    artifacts = cfg.artifacts
+    if isinstance(artifacts, str) and artifacts.strip() and "://" not in artifacts:
+        artifacts = Path(_relative_to(base_dir, artifacts)).as_uri()
     return dataclasses.replace(cfg, data=data, run_dir=_relative_to(base_dir, cfg.run_dir or f"runs/{cfg.study}"),
-                               storage=_resolve_sqlite(base_dir, cfg.storage), warm_start=warm)
+                               storage=_resolve_sqlite(base_dir, cfg.storage), warm_start=warm, artifacts=artifacts)
 
 
 def _check_sizes(cfg: StudyConfig) -> None:

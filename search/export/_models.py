@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from search.artifacts import is_uri, read_artifact
 from search.exceptions import ExportError
 from search.export._files import json_text, reason, write_atomic
 from search.record import TrialRecord
@@ -21,16 +22,19 @@ _ONNX_TOL = 1e-4  # relative to the largest logit: float32 reordering, not a wro
 _ONNX_REFERENCE_MAX_MACS = 2e9  # about a minute of onnx.reference time
 
 
-def _deploy_weights_path(record: TrialRecord) -> Path | None:
-    """Where the trainer left the deploy weights: ``deploy_path``, else deploy.pt by ``checkpoint``."""
+def _deploy_weights_location(record: TrialRecord) -> str | None:
+    """Where the trial kept the deploy weights (a path here or a ``search.artifacts`` URI):
+    ``deploy_path``, else deploy.pt beside ``checkpoint``."""
     if record.deploy_path:
-        return Path(record.deploy_path)
+        return record.deploy_path
     ckpt = record.checkpoint
     if not ckpt:
         return None
-    ckpt = Path(ckpt)
-    folder = ckpt if ckpt.is_dir() or not ckpt.suffix else ckpt.parent
-    return folder / "deploy.pt"
+    if is_uri(ckpt):
+        return ckpt.rsplit("/", 1)[0] + "/deploy.pt"
+    path = Path(ckpt)
+    folder = path if path.is_dir() or not path.suffix else path.parent
+    return str(folder / "deploy.pt")
 
 
 def _build_deploy(family: str, knobs: dict, num_classes: int, image_size: int, in_channels: int):
@@ -50,10 +54,12 @@ def _build_deploy(family: str, knobs: dict, num_classes: int, image_size: int, i
     return to_deploy(model).cpu()
 
 
-def _load_weights(model, path: Path) -> None:
+def _load_weights(model, source) -> None:
+    """``source``: a weights file, or its bytes."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                       weights_only=True)
     model.load_state_dict(state, strict=True)
     model.eval()
 
@@ -186,14 +192,18 @@ def export_member_model(entry: dict, record: TrialRecord, meta: dict, models_dir
     if meta.get("num_classes") is None or meta.get("image_size") is None:
         return _missing(entry, "the record holds no num_classes/image_size (nor does the study's `data` "
                                "attribute), so the network cannot be rebuilt", models_dir, log)
-    weights = _deploy_weights_path(record)
-    if weights is None or not weights.is_file():
+    weights = _deploy_weights_location(record)
+    try:
+        blob = read_artifact(weights) if weights is not None else None
+    except Exception as e:  # an object store that does not answer: this member only
+        return _missing(entry, f"cannot read {weights}: {reason(e)}", models_dir, log)
+    if blob is None:
         where = f" at {weights}" if weights is not None else " (the record names no checkpoint)"
         return _missing(entry, f"deploy weights not found{where}", models_dir, log)
     try:
         model = _build_deploy(entry["family"], entry["knobs"], meta["num_classes"], meta["image_size"],
                               meta["in_channels"])
-        _load_weights(model, weights)
+        _load_weights(model, blob)
     except Exception as e:  # a stale or foreign file must not stop the other members' export
         return _missing(entry, f"cannot load {weights}: {reason(e)}", models_dir, log)
     stem = f"trial_{entry['trial']}"

@@ -169,13 +169,19 @@ class Sweep:
             check_reachable(self.cfg.ray.address, self.cfg.ray.connect_timeout_s, self.cfg.path)
 
     def _default_backend(self) -> Backend:
+        """The study file's ``execution.backend`` with its ``resources`` and ``ray`` sections."""
+        r, res = self.cfg.ray, self.cfg.resources
+        common = dict(price_fn=self._pricing(), trial_fn=self.trial_fn, where=self.cfg.path, ray_address=r.address,
+                      num_cpus=r.num_cpus, num_gpus=r.num_gpus, connect_timeout_s=r.connect_timeout_s,
+                      artifacts_root=None if self.cfg.artifacts else str((self.cfg.run_path / "checkpoints").resolve()))
+        if self.cfg.execution.backend == "tune":
+            from search.sweep.backends.tune import TuneBackend
+
+            return TuneBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
+                               storage_path=str((self.cfg.run_path / "tune").resolve()), **common)
         from search.sweep.backends.actors import ActorsBackend
 
-        r, res = self.cfg.ray, self.cfg.resources
-        return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
-                             price_fn=self._pricing(), trial_fn=self.trial_fn,
-                             where=self.cfg.path, ray_address=r.address, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-                             connect_timeout_s=r.connect_timeout_s)
+        return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent, **common)
 
     def _pricing(self) -> _Pricing:
         batch = None
@@ -456,12 +462,21 @@ class Sweep:
         cost = self.costs[p.key][0]
         return TrialSpec(number=p.number, family=p.family, knobs=p.knobs_dict, train=train,
                          rung_costs=self._rung_costs(cost["macs"], cost["params"]),
-                         checkpoint_dir=str((self.cfg.run_path / "checkpoints" / p.key).resolve()),
+                         checkpoint_dir=self._artifact_folder(p.key),
                          max_latency_ms=self.cfg.constraints.max_latency_ms,
                          measure_latency="latency" in self.cfg.objectives, use_gpu=res.gpus_per_trial > 0,
                          latency=self.cfg.latency_setup() if self.cfg.measures_latency else None,
                          # A seed is a reference: stopped at a rung, it would say nothing about the search.
                          early_stopping=SEED_ATTR not in p.trial.user_attrs)
+
+    def _artifact_folder(self, key: str) -> str:
+        """Where the trial's checkpoints and deploy weights go (``search.artifacts``): the configured
+        location, else the run directory on this machine (workers elsewhere reach it through Ray)."""
+        if self.cfg.artifacts:
+            from search.artifacts import to_uri
+
+            return f"{to_uri(self.cfg.artifacts).rstrip('/')}/{self.cfg.study}/{key}"
+        return str((self.cfg.run_path / "checkpoints" / key).resolve())
 
     def _submit(self, p: Proposal, rec: TrialRecord) -> None:
         # Time spent waiting for a worker is queueing, not driver work: `status` leaves it out.
@@ -549,6 +564,7 @@ class Sweep:
         elif isinstance(event, EpochReport):
             self.progress.epoch(event.token, event.metrics)
             self.tracker.epoch(event.token, event.metrics)
+            faults.checkpoint("epoch")
 
     def _loop(self, study: optuna.Study) -> None:
         limit = self.cfg.budget.time_limit_s

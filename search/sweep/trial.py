@@ -36,8 +36,11 @@ def _measure_latency(spec: dict, data) -> tuple[float, dict]:
 
 
 def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict:
-    """Default trial function: (latency check,) train, convert, evaluate one architecture."""
+    """Default trial function: (latency check,) train, convert, evaluate one architecture; its
+    checkpoints and deploy weights are kept where the spec's folder lives (``search.artifacts``)."""
+    from search.artifacts import trial_artifacts
     from space.registry import get_family
+    from trainers.checkpoint import CHECKPOINT_NAME, DEPLOY_NAME
     from trainers.train import TrainConfig, train
 
     knobs = get_family(spec["family"]).knobs_from_dict(spec["knobs"])
@@ -47,19 +50,30 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
         if not latency_within(latency, spec.get("max_latency_ms")):
             return {"status": "infeasible", "latency_ms": latency, "latency_setup": setup}
 
-    def on_epoch(r) -> bool:
-        return report({"epoch": r.epoch, "val_acc": r.val_acc, "val_loss": r.val_loss,
-                       "train_loss": r.train_loss, "elapsed_s": r.elapsed_s})
+    artifacts = trial_artifacts(spec["checkpoint_dir"])
+    kept = {}
+    try:
+        artifacts.fetch(CHECKPOINT_NAME)  # a retry on any node resumes from the last epoch kept
 
-    result = train(spec["family"], knobs, data, TrainConfig(**spec["train"]), report=on_epoch,
-                   checkpoint_dir=spec["checkpoint_dir"])
+        def on_epoch(r) -> bool:
+            kept["checkpoint"] = artifacts.store(CHECKPOINT_NAME)  # kept before the epoch counts, so a resume finds it
+            return report({"epoch": r.epoch, "val_acc": r.val_acc, "val_loss": r.val_loss,
+                           "train_loss": r.train_loss, "elapsed_s": r.elapsed_s})
+
+        result = train(spec["family"], knobs, data, TrainConfig(**spec["train"]), report=on_epoch,
+                       checkpoint_dir=artifacts.local_dir)
+        deploy_path = artifacts.store(DEPLOY_NAME) if result.deploy_path else None
+        if "checkpoint" not in kept and result.checkpoint_path:  # resumed with no epoch left to train
+            kept["checkpoint"] = artifacts.store(CHECKPOINT_NAME)
+    finally:
+        artifacts.close()
     return {
         "status": "stopped" if result.stopped_early else "trained",
         "val_acc": result.val_acc, "val_loss": result.val_loss, "test_acc": result.test_acc,
         "epochs": result.epochs, "train_seconds": result.train_seconds,
         "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
-        "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": result.checkpoint_path,
-        "deploy_path": result.deploy_path, "resumed_from_epoch": result.resumed_from_epoch,
+        "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": kept.get("checkpoint"),
+        "deploy_path": deploy_path, "resumed_from_epoch": result.resumed_from_epoch,
     }
 
 

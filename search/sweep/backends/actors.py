@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from search.artifacts import start_driver_store
 from search.exceptions import WorkerStartError
 from search.sweep.backends import EpochReport, Event, Finished, Priced, TrialSpec
 from search.sweep.backends._ray import on_driver_node, start_ray, trial_slots
@@ -23,9 +24,12 @@ __all__ = ["ActorsBackend"]
 class _Worker:
     """Body of the trial actor (wrapped by ``ray.remote`` in :meth:`ActorsBackend.start`)."""
 
-    def __init__(self, data, threads: int, trial_fn: TrialFn | None, rung=None, epochs=None):
+    def __init__(self, data, threads: int, trial_fn: TrialFn | None, rung=None, epochs=None, store=None):
         import torch
 
+        from search.artifacts import bind_driver_store
+
+        bind_driver_store(store)  # trials on another node keep their files in the driver's run directory
         self.data, self.rung, self.trial_fn, self.epochs = data, rung, trial_fn, epochs
         torch.set_num_threads(max(1, int(threads)))
 
@@ -99,12 +103,15 @@ class ActorsBackend:
         where: the study file, for messages.
         ray_address: the study file's ``ray.address``: None starts a private local instance.
         num_cpus, num_gpus: resources of that local instance (None: what the machine has).
+        artifacts_root: the driver's folder of trial artifacts, kept by a store actor on the driver's
+            node (``search.artifacts``); None when the study names an ``artifacts:`` location.
     """
 
     def __init__(self, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
                  price_fn: Callable[[str, dict], tuple[dict, dict]], trial_fn: TrialFn | None = None,
                  where: str = "study", ray_address: str | None = None, num_cpus: int | None = None,
-                 num_gpus: int | None = None, connect_timeout_s: float = 15.0):
+                 num_gpus: int | None = None, connect_timeout_s: float = 15.0, artifacts_root: str | None = None):
+        self.artifacts_root = artifacts_root
         self.ray_address, self.num_cpus, self.num_gpus = ray_address, num_cpus, num_gpus
         self.connect_timeout_s = connect_timeout_s
         self.cpus, self.gpus, self.max_concurrent = cpus_per_trial, gpus_per_trial, max_concurrent
@@ -126,7 +133,8 @@ class ActorsBackend:
         rung = ray.remote(num_cpus=0)(_RungActor).remote(rung_rule) if rung_rule is not None else None
         data_ref, threads = ray.put(data), max(1, int(self.cpus))
         self.epoch_log = ray.remote(num_cpus=0)(_EpochLog).remote()
-        self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung, self.epoch_log)
+        store = start_driver_store(self.artifacts_root) if self.artifacts_root else None
+        self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung, self.epoch_log, store)
         self.pricer = on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
         self.idle = [self._new_worker() for _ in range(slots)]
         try:

@@ -1,0 +1,469 @@
+"""The Ray Tune backend: every effnas trial is a trial of one ``tune.Tuner(...).fit()``.
+
+The driver keeps its loop on the main thread; ``start`` runs ``fit()`` in a daemon thread and the
+two sides meet in thread-safe queues:
+
+- :class:`_SpecSearcher` is the Tuner's ``Searcher``. It invents nothing: ``submit`` queues the
+  spec the policy already chose, ``suggest`` hands it to Tune as the config ``{"token", "spec"}``
+  (``None`` while nothing is queued, ``Searcher.FINISHED`` after ``close``). ``num_samples=-1`` and
+  ``max_concurrent_trials`` = the slots, so Tune runs what is submitted, as many at once as fit.
+- :func:`_trainable` is a function trainable. The dataset (and the trial function) reach it through
+  ``tune.with_parameters``, so they go through the object store once; ``tune.with_resources`` asks for
+  the study's CPUs and GPUs per trial. It calls :func:`search.sweep.trial.run_trial` and reports each
+  epoch's numbers to Tune at the top level of the result, then one last result (``effnas_final``)
+  carrying the whole result dict as JSON (it has nested values; newer Ray rejects return values).
+- :class:`_RungScheduler` is the Tuner's ``TrialScheduler``: the rung rule (``search.asha``) decides
+  STOP or CONTINUE on each epoch's result. A function trainable blocks inside ``report`` until the
+  controller has decided and asks for the next result, so a stopped trial never trains another epoch
+  (Tune then ends the training thread inside that ``report``). ``cancel`` goes the same way: the
+  trial stops at its next epoch report, not at once.
+- :class:`_Events` is a Tune ``Callback`` on the driver: per-epoch results become ``EpochReport``
+  events, a completed trial a ``Finished`` event (the trial function's own result when it returned;
+  for a trial the scheduler stopped, the result a stopped trial function would have returned, built
+  from its reported epochs), a trial whose worker died a ``failed``/``worker_died`` one. Tune never
+  retries (``FailureConfig(max_failures=0)``): the policy decides retries.
+- Pricing runs on the actors backend's pricer actor on the driver's node; its answers land on the
+  same event queue (an object ref's future callback), so ``next_events`` waits on one queue only.
+
+What Tune gives through it: its per-trial loggers (TensorBoard event files, ``progress.csv``,
+``result.json`` of every epoch in ``<storage_path>/<name>/trial_<token>/``), placement of trials
+by resources over a cluster, reuse of trial actors between trials, and any Tune callback added to
+the list. Tune's experiment state is a cache only: the study database is the record, and a resumed
+sweep starts a new Tune experiment. Tune's own searchers, schedulers, checkpoints and retries are
+not used: the study's sampler proposes, the rung rule stops, the trial function keeps its
+checkpoints (``search.artifacts``), the policy retries. A trial stopped at a rung comes back without
+the fields only its trial function's return would carry (``test_acc``, ``latency_ms``,
+``checkpoint``): Tune ends it inside ``report``, before the trial function returns.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
+
+from search.exceptions import WorkerStartError
+from search.sweep.backends import EpochReport, Event, Finished, Priced, TrialSpec
+from search.sweep.backends._ray import on_driver_node, start_ray, trial_slots
+from search.sweep.backends.actors import _Pricer
+from search.sweep.trial import TrialFn, run_trial
+
+__all__ = ["TuneBackend"]
+
+_FINAL = "effnas_final"      # set on the one result reported after the trial function returned
+_RESULT = "effnas_result"    # that result: the trial function's result dict, JSON
+_NODE = "effnas_node"        # the reporting worker's Ray node id (Tune's own results name the IP only)
+_EPOCH_KEYS = ("epoch", "val_acc")  # what an EpochReport carries (the progress view's needs)
+_IDLE_WAIT_S = 5.0           # how long suggest() waits for a spec while no trial runs (see there)
+
+
+# -- the trainable (runs on the Tune trial actor) ----------------------------------------------
+def _tune_report() -> Callable[[dict], None]:
+    """``ray.tune.report`` (Ray >= 2.41), else ``ray.train.report``, which Tune read on Ray 2.40."""
+    from ray import tune
+
+    if hasattr(tune, "report"):
+        return tune.report
+    from ray import train
+
+    return train.report
+
+
+def _numbers(metrics: dict) -> dict:
+    """The numeric metrics only: Tune's TensorBoard and CSV loggers write numbers."""
+    return {k: v for k, v in metrics.items() if isinstance(v, numbers.Number) and not isinstance(v, bool)}
+
+
+def _jsonable(value: Any):
+    """json.dumps fallback: numpy scalars as numbers, anything else as its text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _trainable(config: dict, data=None, trial_fn: TrialFn | None = None, threads: int = 1, store=None) -> None:
+    import ray
+    import torch
+
+    torch.set_num_threads(threads)  # the trial's CPUs; the actor may be reused with them set
+    if store is not None:
+        from search.artifacts import bind_driver_store
+
+        bind_driver_store(store)
+    report = _tune_report()
+    node = ray.get_runtime_context().get_node_id()
+
+    def goes_on(metrics: dict) -> bool:
+        # Blocks until Tune's controller asks for the next result; when the scheduler says STOP,
+        # Tune ends this thread inside report, so True is all this ever returns.
+        report({**_numbers(metrics), _NODE: node})
+        return True
+
+    out = run_trial(trial_fn, config["spec"], data, goes_on)
+    out.update(node=node, pid=os.getpid())
+    report({_FINAL: 1, _NODE: node, _RESULT: json.dumps(out, default=_jsonable)})
+
+
+# -- the Tune side (runs in the fit thread) ----------------------------------------------------
+class _SpecSearcher(Searcher):
+    """Hands Tune the specs the driver submitted, in order, and nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        self._lock = threading.Condition()
+        self._queued: list[tuple[int, dict]] = []
+        self._live: set[str] = set()
+        self._finished = False
+
+    def put(self, token: int, spec: dict) -> None:
+        with self._lock:
+            self._queued.append((token, spec))
+            self._lock.notify_all()
+
+    def withdraw(self, token: int) -> bool:
+        """Take back a spec Tune has not asked for yet."""
+        with self._lock:
+            kept = [(t, s) for t, s in self._queued if t != token]
+            found, self._queued = len(kept) < len(self._queued), kept
+            return found
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            self._lock.notify_all()
+
+    def suggest(self, trial_id: str):
+        with self._lock:
+            # With no trial of its own left, Tune's controller polls suggest() once a second
+            # (sleeping in between). Waiting here instead starts a trial the moment it is
+            # submitted; the controller has nothing else to do meanwhile.
+            if not self._live and not self._queued and not self._finished:
+                self._lock.wait(_IDLE_WAIT_S)
+            if self._finished:
+                return Searcher.FINISHED
+            if not self._queued:
+                return None
+            token, spec = self._queued.pop(0)
+            self._live.add(trial_id)
+        return {"token": token, "spec": spec}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        with self._lock:
+            self._live.discard(trial_id)
+
+    # Tune saves its searcher with the experiment state (and pickles it into tuner.pkl); effnas
+    # never restores from that (the study database is the record), and a lock cannot be pickled.
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def __reduce__(self):
+        return (_SpecSearcher, ())
+
+
+class _RungScheduler(FIFOScheduler):
+    """FIFO, with the rung rule deciding after each epoch whether a trial goes on."""
+
+    def __init__(self, rule, cancelled: set):
+        super().__init__()
+        self.rule, self.cancelled = rule, cancelled
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(_FINAL):
+            return TrialScheduler.CONTINUE  # the trial function has returned: let the trial end
+        if trial.config["token"] in self.cancelled:
+            return TrialScheduler.STOP
+        spec = trial.config["spec"]
+        if self.rule is None or not spec.get("early_stopping", True) or "epoch" not in result:
+            return TrialScheduler.CONTINUE
+        goes_on = self.rule.should_continue(result["epoch"], result["val_acc"], tuple(spec.get("rung_costs", ())))
+        return TrialScheduler.CONTINUE if goes_on else TrialScheduler.STOP
+
+
+class _CloseStopper(Stopper):
+    """Stops every running trial once the driver closes the backend."""
+
+    def __init__(self):
+        self.closing = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.closing
+
+
+class _StartFailed:
+    """A trial that could not even load effnas on its node (raised by ``next_events``)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _error_text(trial) -> str:
+    try:
+        error = trial.get_error()
+    except Exception:  # the error file may be unreadable: the reason is still a failure
+        error = None
+    return str(error or getattr(trial, "error_msg", None) or "unknown error").strip()
+
+
+def _is_start_failure(text: str) -> bool:
+    """The trial actor could not import effnas (run_trial turns every error of a trial function
+    into a result, so an import error that reaches Tune comes from loading the trainable)."""
+    return "No module named 'search'" in text or "No module named 'trainers'" in text or \
+        "No module named 'space'" in text
+
+
+def _stopped_result(epochs: list[dict]) -> dict:
+    """What a trial function returns for a trial stopped after ``epochs`` (its reported results)."""
+    last = epochs[-1] if epochs else {}
+    worker_s = float(last.get("time_total_s", 0.0))
+    return {"status": "stopped", "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
+            "epochs": last.get("epoch"), "train_seconds": float(last.get("elapsed_s", worker_s)),
+            "curve": [float(r["val_acc"]) for r in epochs if "val_acc" in r],
+            "worker_seconds": worker_s, "node": last.get(_NODE), "pid": last.get("pid")}
+
+
+class _Events(Callback):
+    """Tune's trial results, as effnas events on the driver's queue."""
+
+    def __init__(self, events: queue.Queue, cancelled: set):
+        self.events, self.cancelled = events, cancelled
+        self.epochs: dict[str, list[dict]] = {}  # trial id -> its per-epoch results so far
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if result.get(_FINAL):
+            return
+        self.epochs.setdefault(trial.trial_id, []).append(
+            {k: result[k] for k in ("epoch", "val_acc", "val_loss", "elapsed_s", "time_total_s", "pid", _NODE)
+             if k in result})
+        self.events.put(EpochReport(trial.config["token"], {k: result[k] for k in _EPOCH_KEYS if k in result}))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        token, epochs = trial.config["token"], self.epochs.pop(trial.trial_id, [])
+        last = trial.last_result or {}
+        if last.get(_FINAL):
+            out = json.loads(last[_RESULT])
+        elif token in self.cancelled:
+            out = {**_stopped_result(epochs), "status": "failed", "failure_kind": "cancelled",
+                   "reason": f"cancelled by the driver after epoch {len(epochs)}"}
+        else:
+            out = _stopped_result(epochs)
+        self.events.put(Finished(token, out))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.epochs.pop(trial.trial_id, None)
+        text = _error_text(trial)
+        lines = [ln for ln in text.splitlines() if ln.strip()] or ["unknown error"]
+        if _is_start_failure(text):
+            self.events.put(_StartFailed(lines[-1][:400]))
+        self.events.put(Finished(trial.config["token"], {
+            "status": "failed", "failure_kind": "worker_died",
+            "reason": f"worker died: {lines[-1][:300]}"}))
+
+    def __reduce__(self):  # pickled into tuner.pkl with the run config: the queue stays here
+        return (_Events, (None, set()))
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.config['token']}"
+
+
+def _config_classes():
+    """``RunConfig``, ``FailureConfig``: ``ray.tune``'s (Ray >= 2.41), else ``ray.train``'s (2.40)."""
+    from ray import tune
+
+    if hasattr(tune, "RunConfig"):
+        return tune.RunConfig, tune.FailureConfig
+    from ray import train
+
+    return train.RunConfig, train.FailureConfig
+
+
+class _PriceDone:
+    """A pricer answer (or its failure), put on the event queue by the object ref's callback."""
+
+    def __init__(self, token: int, family: str, knobs: dict, future):
+        self.token, self.family, self.knobs, self.future = token, family, knobs, future
+
+
+class TuneBackend:
+    """Trials as Ray Tune trials (see the module docstring).
+
+    Args:
+        cpus_per_trial, gpus_per_trial, max_concurrent: the study file's ``resources``.
+        price_fn: ``(family, knobs_dict) -> (cost, constraints, proxies)``, picklable (runs on the pricer).
+        trial_fn: replaces the training function on the workers (benchmarks use a trivial one).
+        where: the study file, for messages.
+        ray_address: the study file's ``ray.address``: None starts a private local instance.
+        num_cpus, num_gpus: resources of that local instance (None: what the machine has).
+        storage_path: where Tune keeps its experiment folder (the run directory's ``tune``); None:
+            Tune's default.
+        name: the experiment's name before its timestamp (default: the study file's stem).
+        artifacts_root: as for the actors backend: the driver's folder of trial artifacts, kept by
+            a store actor on the driver's node (``search.artifacts``).
+    """
+
+    def __init__(self, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
+                 price_fn: Callable[[str, dict], tuple], trial_fn: TrialFn | None = None,
+                 where: str = "study", ray_address: str | None = None, num_cpus: int | None = None,
+                 num_gpus: int | None = None, connect_timeout_s: float = 15.0, storage_path: str | None = None,
+                 name: str | None = None, artifacts_root: str | None = None):
+        self.cpus, self.gpus, self.max_concurrent = cpus_per_trial, gpus_per_trial, max_concurrent
+        self.price_fn, self.trial_fn, self.where = price_fn, trial_fn, where
+        self.ray_address, self.num_cpus, self.num_gpus = ray_address, num_cpus, num_gpus
+        self.connect_timeout_s, self.artifacts_root = connect_timeout_s, artifacts_root
+        self.storage_path = str(Path(storage_path).resolve()) if storage_path else None
+        self.name = name or Path(where).stem or "effnas"
+        self.experiment: str | None = None    # the Tune experiment's name, once started
+        self.events: queue.Queue = queue.Queue()
+        self.cancelled: set[int] = set()
+        self.running: set[int] = set()        # submitted, no Finished event handed out yet
+        self.slots = 0
+        self.pricer = None
+        self.searcher = None
+        self.stopper = None
+        self.nodes: set = set()
+        self._fit: threading.Thread | None = None
+        self._fit_error: BaseException | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def start(self, data, rung_rule) -> int:
+        ray = start_ray(self.ray_address, self.num_cpus, self.num_gpus, self.connect_timeout_s, self.where)
+        self.slots = trial_slots(ray, self.cpus, self.gpus, self.max_concurrent, self.where)
+        # fit() runs off the main thread, where Tune must not (and cannot) take over SIGINT; the
+        # driver handles Ctrl-C and SIGTERM and closes this backend. Ray 2.40 lets only one trial
+        # wait for resources at a time under a custom searcher unless told otherwise.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        # Tune's newer console output prints its experiment table even at verbose=0; the legacy
+        # engine is silent there (the driver prints its own progress).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.slots))
+        self.pricer = on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
+        tuner = self._tuner(data, rung_rule)
+        self._fit = threading.Thread(target=self._run_fit, args=(tuner,), name="effnas-tune-fit", daemon=True)
+        self._fit.start()
+        return self.slots
+
+    def _tuner(self, data, rung_rule):
+        from ray import tune
+
+        store = None
+        if self.artifacts_root:
+            from search.artifacts import start_driver_store
+
+            store = start_driver_store(self.artifacts_root)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, data=data, trial_fn=self.trial_fn, threads=max(1, int(self.cpus)),
+                                 store=store),
+            {"cpu": self.cpus, "gpu": self.gpus})
+        self.searcher = _SpecSearcher()
+        self.stopper = _CloseStopper()
+        run_config, failure_config = _config_classes()
+        self.experiment = f"{self.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        return tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=self.searcher, scheduler=_RungScheduler(rung_rule, self.cancelled),
+                num_samples=-1, max_concurrent_trials=self.slots, reuse_actors=True,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            run_config=run_config(
+                name=self.experiment, storage_path=self.storage_path, verbose=0, stop=self.stopper,
+                failure_config=failure_config(max_failures=0),
+                callbacks=[_Events(self.events, self.cancelled)]))
+
+    def _run_fit(self, tuner) -> None:
+        try:
+            tuner.fit()
+        except BaseException as e:  # handed to the driver's thread by next_events
+            self._fit_error = e
+
+    # -- the verbs ------------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return self.slots - len(self.running)
+
+    def price(self, token: int, family: str, knobs: dict) -> None:
+        if self.pricer is None:
+            self.events.put(Priced(token, *self.price_fn(family, knobs)))
+            return
+        ref = self.pricer.price.remote(family, knobs)
+        ref.future().add_done_callback(lambda f: self.events.put(_PriceDone(token, family, knobs, f)))
+
+    def submit(self, token: int, spec: TrialSpec) -> None:
+        self.running.add(token)
+        self.searcher.put(token, spec.to_dict())
+
+    def next_events(self, timeout: float | None = None) -> list[Event]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        raw = []
+        while not raw:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            try:
+                raw.append(self.events.get(timeout=max(0.0, wait)))
+            except queue.Empty:
+                self._check_fit()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return []
+        while True:  # and whatever else is there already
+            try:
+                raw.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        return [self._settle(e) for e in raw]
+
+    def _check_fit(self) -> None:
+        """A fit thread that ended while trials were in flight would leave the driver waiting."""
+        if self.running and self._fit is not None and not self._fit.is_alive():
+            cause = self._fit_error
+            raise RuntimeError(f"Ray Tune stopped with {len(self.running)} trial(s) in flight"
+                               + (f": {type(cause).__name__}: {cause}" if cause else "")) from cause
+
+    def _settle(self, event) -> Event:
+        """An event from the queue as the driver gets it (on the driver's thread)."""
+        if isinstance(event, _StartFailed):
+            raise WorkerStartError(f"Ray workers could not start ({event.message}); effnas must be installed "
+                                   f"in the Python environment of every Ray node")
+        if isinstance(event, _PriceDone):
+            try:
+                return Priced(event.token, *event.future.result())
+            except Exception:  # the pricer died: price here, and from now on always here
+                self.pricer = None
+                return Priced(event.token, *self.price_fn(event.family, event.knobs))
+        if isinstance(event, Finished):
+            self.running.discard(event.token)
+            if event.result.get("node"):
+                self.nodes.add(event.result["node"])
+        return event
+
+    def cancel(self, token: int) -> None:
+        """Stop a trial: one Tune has not started yet comes back at once; a running one stops at
+        its next epoch report (Tune can only stop a function trainable between results). Either way
+        it comes back as ``failed`` with ``failure_kind: cancelled``."""
+        if token not in self.running:
+            return
+        if self.searcher.withdraw(token):
+            self.events.put(Finished(token, {"status": "failed", "failure_kind": "cancelled",
+                                             "reason": "cancelled by the driver before it started"}))
+        else:
+            self.cancelled.add(token)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """End the Tune experiment: no more trials, running ones stopped (the driver closes only
+        when the sweep is done, failed or was interrupted), and wait for fit() to return."""
+        if self.searcher is not None:
+            self.searcher.finish()
+        if self.stopper is not None:
+            self.stopper.closing = True
+        if self._fit is not None:
+            self._fit.join(timeout_s)
+        self.running.clear()

@@ -1,0 +1,177 @@
+"""A two-node Ray cluster whose worker node cannot see the driver's files.
+
+The worker node runs in its own mount namespace with a tmpfs over the run directory, so whatever a
+trial writes at a driver's path lands in that tmpfs and is lost. The head node (the driver's) has no
+CPU for trials, so every trial trains on the isolated node. Then:
+
+- `export --models` on the driver writes every front member's weights (they reached the driver's
+  run directory through Ray's object store, ``search.artifacts``);
+- a trial interrupted on the isolated node (its driver killed after an epoch) resumes from its last
+  epoch checkpoint on another node, once the isolated node is gone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.record import trial_status
+from search.storage import load_existing_study
+from tests.net import free_port
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+BACKENDS = ("actors", "tune")
+
+
+def _namespace_prefix() -> list[str]:
+    """The command prefix that gives a process its own mount namespace, or skip with the reason."""
+    prefix = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix = ["unshare", "--user", "--map-root-user", "--mount"]
+    probe = subprocess.run([*prefix, "sh", "-c", "mount -t tmpfs tmpfs /mnt && umount /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot give a Ray node its own mount namespace here ({' '.join(prefix)}: "
+                    f"{probe.stderr.strip()[:200]}); the test needs unshare and tmpfs mounts")
+    return prefix
+
+
+class _Node:
+    """One `ray start --block` process group (a head or a worker node)."""
+
+    def __init__(self, args: list[str], prefix: list[str] | None = None, shell_before: str = ""):
+        command = [RAY, "start", "--block", "--disable-usage-stats", *args]
+        if prefix:
+            line = " ".join(f"'{a}'" for a in command)
+            command = [*prefix, "sh", "-c", f"{shell_before}exec {line}"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def _alive_nodes(address: str) -> dict[str, float]:
+    """Node id -> CPUs of the cluster's live nodes (asked from a short-lived driver)."""
+    code = ("import json, ray; ray.init(address=%r, configure_logging=False, log_to_driver=False); "
+            "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))"
+            % address)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+
+
+def _wait_for(address: str, want, what: str, timeout: float = 120) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        nodes = _alive_nodes(address)
+        if want(nodes):
+            return nodes
+        time.sleep(1)
+    raise AssertionError(f"the cluster at {address} never had {what}")
+
+
+@pytest.fixture()
+def isolated_cluster(tmp_path):
+    """(address, run_dir, head, isolated worker, nodes started): head without CPUs, one worker node
+    with 1 CPU whose view of ``run_dir`` is an empty tmpfs."""
+    prefix = _namespace_prefix()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--node-ip-address=127.0.0.1"]
+    started = [_Node(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", *common])]
+    try:
+        _wait_for(address, lambda n: len(n) == 1, "its head node")
+        started.append(_Node([f"--address={address}", "--num-cpus=1", *common], prefix,
+                             shell_before=f"mount -t tmpfs tmpfs '{run_dir}' && "))
+        nodes = _wait_for(address, lambda n: len(n) == 2, "its isolated worker node")
+        yield address, run_dir, started, nodes
+    finally:
+        for node in reversed(started):
+            node.stop()
+
+
+def _study(tmp_path: Path, address: str, backend: str, name: str, epochs: int, n_trials: int) -> Path:
+    study = {
+        "study": name, "run_dir": str(tmp_path / "run" / name),
+        "data": {"dataset": "digits", "val_size": 200, "train_size": 400, "image_size": 16},
+        "families": {"condensenet": {"knobs": {"num_stages": 3, "layers.0": 1, "layers.1": 1, "layers.2": 1,
+                                               "growth.0": [8, 16], "growth.1": 8, "growth.2": 8,
+                                               "bottleneck": [1, 4], "stem_channels": 8, "se_start": -1,
+                                               "hs_start": -1, "head_channels": 0, "stem_stride": 1}}},
+        "budget": {"n_trials": n_trials}, "fidelity": {"epochs": epochs}, "sampler": {"name": "random", "seed": 3},
+        "train": {"eval_test": False},
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 1},
+        "ray": {"address": address}, "execution": {"backend": backend},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=full_env, timeout=timeout)
+
+
+def _records(tmp_path: Path, name: str) -> list[dict]:
+    study = load_existing_study(f"sqlite:///{tmp_path / 'run' / name / 'study.db'}", name)
+    return [t.user_attrs["record"] for t in study.get_trials() if trial_status(t) == "trained"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_path, isolated_cluster, backend):
+    address, run_dir, started, nodes = isolated_cluster
+    isolated = next(n for n, cpus in nodes.items() if cpus >= 1)
+
+    # 1. Every trial trains on the isolated node; export finds every front member's weights.
+    path = _study(tmp_path, address, backend, "export", epochs=2, n_trials=2)
+    proc = _cli(tmp_path, "run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _records(tmp_path, "export")
+    assert len(records) == 2 and {r["node"] for r in records} == {isolated}
+    for r in records:
+        assert Path(r["deploy_path"]).is_file() and Path(r["checkpoint"]).is_file()
+    out = tmp_path / "exported"
+    proc = _cli(tmp_path, "export", str(path), "--models", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    front = json.loads((out / "pareto.json").read_text())["front"]
+    assert front and all((out / m["weights"]).is_file() for m in front), front
+
+    # 2. A trial interrupted there (its driver killed once it heard of an epoch) resumes from that
+    #    epoch's checkpoint on a node of the driver's own namespace, the isolated node being gone.
+    path = _study(tmp_path, address, backend, "resume", epochs=3, n_trials=1)
+    proc = _cli(tmp_path, "run", str(path), env={"EFFNAS_KILL_AT": "epoch:1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    checkpoints = list((tmp_path / "run" / "resume" / "checkpoints").glob("*/checkpoint.pt"))
+    assert len(checkpoints) == 1  # kept on the driver's machine before the driver heard of the epoch
+    started[1].stop()
+    started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]))
+    after = _wait_for(address, lambda n: any(c >= 1 and i != isolated for i, c in n.items()), "a second worker node")
+    other = next(n for n, cpus in after.items() if cpus >= 1 and n != isolated)
+    proc = _cli(tmp_path, "run", str(path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = _records(tmp_path, "resume")
+    assert record["node"] == other
+    assert record["resumed_from_epoch"] >= 1 and record["epochs"] == 3
