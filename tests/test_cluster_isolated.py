@@ -30,6 +30,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 BACKENDS = ("actors", "tune")
+# Drivers and nodes of this private cluster talk without Ray's token authentication (a `ray start`
+# cluster turns it on, and this test is not about it).
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
 
 
 def _namespace_prefix() -> list[str]:
@@ -53,8 +56,7 @@ class _Node:
         if prefix:
             line = " ".join(f"'{a}'" for a in command)
             command = [*prefix, "sh", "-c", f"{shell_before}exec {line}"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
                                      start_new_session=True)
 
     def stop(self) -> None:
@@ -75,7 +77,7 @@ def _alive_nodes(address: str) -> dict[str, float]:
     code = ("import json, ray; ray.init(address=%r, configure_logging=False, log_to_driver=False); "
             "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))"
             % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
     return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
 
 
@@ -98,11 +100,11 @@ def isolated_cluster(tmp_path):
     run_dir.mkdir()
     port = free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--node-ip-address=127.0.0.1"]
-    started = [_Node(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", *common])]
+    started = [_Node(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"])]
     try:
         _wait_for(address, lambda n: len(n) == 1, "its head node")
-        started.append(_Node([f"--address={address}", "--num-cpus=1", *common], prefix,
+        # Its own IP, as another machine would have: a driver joins the raylet of its own IP.
+        started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.2"], prefix,
                              shell_before=f"mount -t tmpfs tmpfs '{run_dir}' && "))
         nodes = _wait_for(address, lambda n: len(n) == 2, "its isolated worker node")
         yield address, run_dir, started, nodes
@@ -130,7 +132,7 @@ def _study(tmp_path: Path, address: str, backend: str, name: str, epochs: int, n
 
 
 def _cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env = {**ENV, **(env or {})}
     return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, cwd=tmp_path,
                           env=full_env, timeout=timeout)
 
@@ -156,7 +158,7 @@ def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_pa
     out = tmp_path / "exported"
     proc = _cli(tmp_path, "export", str(path), "--models", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    front = json.loads((out / "pareto.json").read_text())["front"]
+    front = json.loads((out / "pareto.json").read_text())["members"]
     assert front and all((out / m["weights"]).is_file() for m in front), front
 
     # 2. A trial interrupted there (its driver killed once it heard of an epoch) resumes from that
@@ -167,7 +169,7 @@ def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_pa
     checkpoints = list((tmp_path / "run" / "resume" / "checkpoints").glob("*/checkpoint.pt"))
     assert len(checkpoints) == 1  # kept on the driver's machine before the driver heard of the epoch
     started[1].stop()
-    started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]))
+    started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.3"]))
     after = _wait_for(address, lambda n: any(c >= 1 and i != isolated for i, c in n.items()), "a second worker node")
     other = next(n for n, cpus in after.items() if cpus >= 1 and n != isolated)
     proc = _cli(tmp_path, "run", str(path))
