@@ -71,7 +71,9 @@ def effnas_spans(n: int, workdir: str, side: str = "effnas") -> dict[str, float]
 
 
 def anchor_spans(path: str, n: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, path, str(n)], capture_output=True, text=True, check=True).stdout
+    # RAY_ADDRESS=local: the anchor's ray.init() starts its own instance even where a cluster runs.
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    out = subprocess.run([sys.executable, path, str(n)], capture_output=True, text=True, check=True, env=env).stdout
     pairs = (line.split() for line in out.splitlines())
     found = {p[0]: float(p[1]) for p in pairs if len(p) == 2 and p[0].endswith("_ms_per_trial")}
     needed = [f"{side}{span}_ms_per_trial" for side in SIDES if side not in BACKENDS for span in ("", "_steady")]

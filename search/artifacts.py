@@ -100,7 +100,7 @@ def start_driver_store(root: str):
 
     from search.sweep.backends._ray import on_driver_node
 
-    return on_driver_node(ray.remote(num_cpus=0)(DriverStore)).remote(root)
+    return on_driver_node(ray.remote(num_cpus=0)(DriverStore), soft=False).remote(root)
 
 
 def bind_driver_store(handle) -> None:
@@ -123,6 +123,8 @@ def _store_on_this_node() -> bool:
 
 class TrialArtifacts:
     """A trial folder the trainer writes directly (``local_dir`` is the folder itself)."""
+
+    via = "direct"  # how the files reach the location (kept in the trial record)
 
     def __init__(self, location: str):
         self.location = location
@@ -169,6 +171,8 @@ class _ScratchArtifacts(TrialArtifacts):
 class _DriverArtifacts(_ScratchArtifacts):
     """A folder of the driver's run directory, reached through the driver's store actor."""
 
+    via = "driver store"
+
     def __init__(self, location: str, handle):
         super().__init__(location)
         self.handle = handle
@@ -188,6 +192,8 @@ class _DriverArtifacts(_ScratchArtifacts):
 
 class _FilesystemArtifacts(_ScratchArtifacts):
     """A folder at a ``pyarrow.fs`` URI every node reaches."""
+
+    via = "pyarrow.fs"
 
     def __init__(self, location: str):
         super().__init__(location)

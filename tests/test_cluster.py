@@ -32,7 +32,8 @@ def two_node_cluster():
     cluster.shutdown()
 
 
-def test_sweep_spreads_trials_over_two_nodes(tmp_path, two_node_cluster):
+@pytest.mark.parametrize("backend", ["actors", "tune"])  # every execution backend
+def test_sweep_spreads_trials_over_two_nodes(tmp_path, two_node_cluster, backend):
     study = {
         "study": "cluster", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "digits", "val_size": 200, "train_size": 400, "image_size": 16},
@@ -42,7 +43,7 @@ def test_sweep_spreads_trials_over_two_nodes(tmp_path, two_node_cluster):
                                                "hs_start": -1, "head_channels": 0, "stem_stride": 1}}},
         "budget": {"n_trials": 4}, "fidelity": {"epochs": 1}, "sampler": {"name": "random", "seed": 3},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
-        "ray": {"address": two_node_cluster.address},
+        "ray": {"address": two_node_cluster.address}, "execution": {"backend": backend},
     }
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(study))

@@ -99,7 +99,10 @@ def isolated_cluster(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     port = free_port()
-    address = f"127.0.0.1:{port}"
+    # The head's own IP: a driver joins the raylet whose IP it connects from (127.0.0.1 matches none).
+    from ray.util import get_node_ip_address
+
+    address = f"{get_node_ip_address()}:{port}"
     started = [_Node(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"])]
     try:
         _wait_for(address, lambda n: len(n) == 1, "its head node")
@@ -154,7 +157,7 @@ def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_pa
     records = _records(tmp_path, "export")
     assert len(records) == 2 and {r["node"] for r in records} == {isolated}
     for r in records:
-        assert Path(r["deploy_path"]).is_file() and Path(r["checkpoint"]).is_file()
+        assert Path(r["deploy_path"]).is_file() and Path(r["checkpoint"]).is_file(), r
     out = tmp_path / "exported"
     proc = _cli(tmp_path, "export", str(path), "--models", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -167,7 +170,7 @@ def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_pa
     proc = _cli(tmp_path, "run", str(path), env={"EFFNAS_KILL_AT": "epoch:1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     checkpoints = list((tmp_path / "run" / "resume" / "checkpoints").glob("*/checkpoint.pt"))
-    assert len(checkpoints) == 1  # kept on the driver's machine before the driver heard of the epoch
+    assert len(checkpoints) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # kept on the driver's machine before the driver heard of the epoch
     started[1].stop()
     started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.3"]))
     after = _wait_for(address, lambda n: any(c >= 1 and i != isolated for i, c in n.items()), "a second worker node")

@@ -37,8 +37,9 @@ Sweep(load_study(sys.argv[1]), trial_fn=cheap_trial).run()
 """
 
 
-def write_study(tmp_path: Path) -> Path:
+def write_study(tmp_path: Path, backend: str = "actors") -> Path:
     study = {
+        "execution": {"backend": backend},
         "study": "faults", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "digits", "val_size": 200},
         "families": {"igcv2": {}, "rsnet": {"knobs": {"units.0": [1, 2], "units.1": [1, 2], "units.2": [1, 2],
@@ -68,9 +69,10 @@ def snapshot(study_path: Path, tmp_path: Path) -> dict[int, tuple]:
     return {t.number: (tuple(t.values), t.params) for t in study.get_trials() if trial_status(t) == "trained"}
 
 
+@pytest.mark.parametrize("backend", ["actors", "tune"])  # every execution backend
 @pytest.mark.parametrize("kill_at", ["asked:3", "submitted:3", "recorded:2"])
-def test_driver_killed_then_rerun_loses_nothing(tmp_path, kill_at):
-    study_path = write_study(tmp_path)
+def test_driver_killed_then_rerun_loses_nothing(tmp_path, kill_at, backend):
+    study_path = write_study(tmp_path, backend)
     killed = run_driver(tmp_path, study_path, kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     before = snapshot(study_path, tmp_path)

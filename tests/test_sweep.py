@@ -26,6 +26,7 @@ from search import testing
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("actors", "tune")  # the contract tests below run over every execution backend
 
 TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "layers.2": [1, 2],
                     "growth.0": [8, 16], "growth.1": [8, 16], "growth.2": [8, 16], "bottleneck": [1, 2],
@@ -35,8 +36,9 @@ TINY_SLIMCONV = {"layers.0": 1, "layers.1": 1, "layers.2": 1, "layers.3": 1, "ba
                  "groups": 1, "width_mult": [1, 2], "stem": "cifar"}
 
 
-def _cfg(tmp_path, **changes) -> "StudyConfig":  # noqa: F821
+def _cfg(tmp_path, backend: str = "actors", **changes) -> "StudyConfig":  # noqa: F821
     raw = {
+        "execution": {"backend": backend},
         "study": "t", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "digits", "val_size": 200, "train_size": 600, "image_size": 16},
         "families": {"condensenet": {"knobs": TINY_CONDENSENET}, "slimconv": {"knobs": TINY_SLIMCONV}},
@@ -51,6 +53,11 @@ def _cfg(tmp_path, **changes) -> "StudyConfig":  # noqa: F821
             node = node.setdefault(k, {})
         node[keys[-1]] = value
     return parse_study(copy.deepcopy(raw), str(tmp_path / "t.yaml"))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +93,8 @@ def test_end_to_end_real_training(tmp_path, ray_local, digits):
     assert pareto_front(study)
 
 
-def test_over_budget_architectures_are_never_trained(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, constraints={"max_params": 12000}, budget={"n_trials": 3, "max_stalls": 200},
+def test_over_budget_architectures_are_never_trained(tmp_path, ray_local, digits, backend):
+    cfg = _cfg(tmp_path, backend, constraints={"max_params": 12000}, budget={"n_trials": 3, "max_stalls": 200},
                sampler={"name": "tpe", "seed": 1})
     Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     trials = load_existing_study(cfg.storage_url, "t").get_trials()
@@ -102,10 +109,10 @@ def test_over_budget_architectures_are_never_trained(tmp_path, ray_local, digits
     assert all(t.user_attrs["record"]["params"] <= 12000 for t in trained)
 
 
-def test_duplicates_are_not_trained_again_and_stall_ends_the_sweep(tmp_path, ray_local, digits):
+def test_duplicates_are_not_trained_again_and_stall_ends_the_sweep(tmp_path, ray_local, digits, backend):
     fixed = {k: (v[0] if isinstance(v, list) else v) for k, v in TINY_SLIMCONV.items()}
     fixed.update({"k": "4/3", "reduction": 4, "min_hidden": 1, "flip": True})
-    cfg = _cfg(tmp_path, families={"slimconv": {"knobs": fixed}}, budget={"n_trials": 2, "max_stalls": 3})
+    cfg = _cfg(tmp_path, backend, families={"slimconv": {"knobs": fixed}}, budget={"n_trials": 2, "max_stalls": 3})
     with pytest.raises(SearchSpaceExhausted, match="already trained"):
         Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     study = load_existing_study(cfg.storage_url, "t")
@@ -115,8 +122,8 @@ def test_duplicates_are_not_trained_again_and_stall_ends_the_sweep(tmp_path, ray
     assert dup.user_attrs["record"]["duplicate_of"] == 0
 
 
-def test_resume_requeues_interrupted_trials_and_extends(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 3})
+def test_resume_requeues_interrupted_trials_and_extends(tmp_path, ray_local, digits, backend):
+    cfg = _cfg(tmp_path, backend, budget={"n_trials": 3})
     study = open_study(cfg)
     orphan = study.ask()
     propose(orphan, family_spaces(cfg))  # a dead driver left this one RUNNING
@@ -140,8 +147,8 @@ def test_resume_requeues_interrupted_trials_and_extends(tmp_path, ray_local, dig
     (testing.nonfinite_trial, "nonfinite", 1),   # a diverged configuration is not retried
     (testing.dying_trial, "worker_died", 2),     # the worker process died; a new worker takes over
 ])
-def test_failures_are_recorded_and_retried(tmp_path, ray_local, digits, fn, kind, n_failed):
-    cfg = _cfg(tmp_path, budget={"n_trials": 1}, retry={"max_retries": 1})
+def test_failures_are_recorded_and_retried(tmp_path, ray_local, digits, backend, fn, kind, n_failed):
+    cfg = _cfg(tmp_path, backend, budget={"n_trials": 1}, retry={"max_retries": 1})
     Sweep(cfg, trial_fn=fn, data=digits, log=lambda _: None).run()
     trials = load_existing_study(cfg.storage_url, "t").get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -152,8 +159,8 @@ def test_failures_are_recorded_and_retried(tmp_path, ray_local, digits, fn, kind
     assert failed[0].user_attrs["record"]["failure_reason"]
 
 
-def test_final_failures_count_against_the_budget_on_resume(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 2}, retry={"max_retries": 0})
+def test_final_failures_count_against_the_budget_on_resume(tmp_path, ray_local, digits, backend):
+    cfg = _cfg(tmp_path, backend, budget={"n_trials": 2}, retry={"max_retries": 0})
     Sweep(cfg, trial_fn=testing.failing_trial, data=digits, log=lambda _: None).run()
     assert _statuses(cfg) == ["failed", "failed"]
     # The budget is spent: a resumed driver trains nothing; --n-trials 1 trains exactly one more.
@@ -162,14 +169,14 @@ def test_final_failures_count_against_the_budget_on_resume(tmp_path, ray_local, 
     assert _statuses(cfg) == ["failed", "failed", "trained"]
 
 
-def _asha_cfg(tmp_path, n_trials: int):
-    return _cfg(tmp_path, budget={"n_trials": n_trials},
+def _asha_cfg(tmp_path, n_trials: int, backend: str = "actors"):
+    return _cfg(tmp_path, backend, budget={"n_trials": n_trials},
                 fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
                 resources={"cpus_per_trial": 1, "max_concurrent": 1})
 
 
-def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digits):
-    cfg = _asha_cfg(tmp_path, 10)
+def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digits, backend):
+    cfg = _asha_cfg(tmp_path, 10, backend)
     Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lambda _: None).run()
     study = load_existing_study(cfg.storage_url, "t")
     stopped = [t for t in study.get_trials() if trial_status(t) == "stopped"]
@@ -183,8 +190,8 @@ def test_asha_stops_weak_trials_and_front_ignores_them(tmp_path, ray_local, digi
     assert front == brute
 
 
-def test_pareto_rungs_are_rebuilt_from_the_database_with_costs(tmp_path, ray_local, digits):
-    cfg = _asha_cfg(tmp_path, 6)
+def test_pareto_rungs_are_rebuilt_from_the_database_with_costs(tmp_path, ray_local, digits, backend):
+    cfg = _asha_cfg(tmp_path, 6, backend)
     Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lambda _: None).run()
     study = load_existing_study(cfg.storage_url, "t")
     rule = Sweep(cfg, data=digits)._rung_rule(study)

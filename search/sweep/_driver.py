@@ -178,7 +178,7 @@ class Sweep:
             from search.sweep.backends.tune import TuneBackend
 
             return TuneBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
-                               storage_path=str((self.cfg.run_path / "tune").resolve()), **common)
+                               storage_path=str((self.cfg.run_path / "tune").resolve()), name=self.cfg.study, **common)
         from search.sweep.backends.actors import ActorsBackend
 
         return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent, **common)

@@ -74,6 +74,7 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
         "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
         "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": kept.get("checkpoint"),
         "deploy_path": deploy_path, "resumed_from_epoch": result.resumed_from_epoch,
+        "artifacts_via": artifacts.via
     }
 
 

@@ -44,14 +44,15 @@ def check_reachable(address: str, timeout_s: float, where: str) -> None:
                                f"within {timeout_s:g} s ({e}); {fix}") from None
 
 
-def on_driver_node(actor_cls):
-    """An actor handle placed on the driver's node (costs are tiny messages, specs stay local)."""
+def on_driver_node(actor_cls, soft: bool = True):
+    """An actor handle placed on the driver's node (costs are tiny messages, specs stay local).
+    ``soft=False``: there and nowhere else (an actor that keeps the driver's files)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     try:
         here = ray.get_runtime_context().get_node_id()
-        return actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True))
+        return actor_cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=soft))
     except Exception:  # a client-mode driver has no node of its own
         return actor_cls
 

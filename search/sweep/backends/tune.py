@@ -14,9 +14,9 @@ two sides meet in thread-safe queues:
   carrying the whole result dict as JSON (it has nested values; newer Ray rejects return values).
 - :class:`_RungScheduler` is the Tuner's ``TrialScheduler``: the rung rule (``search.asha``) decides
   STOP or CONTINUE on each epoch's result. A function trainable blocks inside ``report`` until the
-  controller has decided and asks for the next result, so a stopped trial never trains another epoch
-  (Tune then ends the training thread inside that ``report``). ``cancel`` goes the same way: the
-  trial stops at its next epoch report, not at once.
+  controller has decided and asks for the next result, so a stopped trial never trains another epoch:
+  its training thread stays parked in that ``report`` until Tune ends it (when the actor is reused
+  or stopped). ``cancel`` goes the same way: the trial stops at its next epoch report, not at once.
 - :class:`_Events` is a Tune ``Callback`` on the driver: per-epoch results become ``EpochReport``
   events, a completed trial a ``Finished`` event (the trial function's own result when it returned;
   for a trial the scheduler stopped, the result a stopped trial function would have returned, built
@@ -108,7 +108,8 @@ def _trainable(config: dict, data=None, trial_fn: TrialFn | None = None, threads
 
     out = run_trial(trial_fn, config["spec"], data, goes_on)
     out.update(node=node, pid=os.getpid())
-    report({_FINAL: 1, _NODE: node, _RESULT: json.dumps(out, default=_jsonable)})
+    # done: the trial ends on this result, without one more round trip to find the function returned.
+    report({_FINAL: 1, "done": True, _NODE: node, _RESULT: json.dumps(out, default=_jsonable)})
 
 
 # -- the Tune side (runs in the fit thread) ----------------------------------------------------
@@ -209,12 +210,22 @@ class _StartFailed:
         self.message = message
 
 
-def _error_text(trial) -> str:
+def _trial_error(trial) -> tuple[str, str]:
+    """(type name, text) of the error a trial failed with. Tune keeps it in the trial's local
+    folder first (pickled when it is a Ray error) and copies it to the storage path later."""
+    import ray.cloudpickle
+
     try:
-        error = trial.get_error()
-    except Exception:  # the error file may be unreadable: the reason is still a failure
-        error = None
-    return str(error or getattr(trial, "error_msg", None) or "unknown error").strip()
+        if trial.pickled_error_file and os.path.exists(trial.pickled_error_file):
+            with open(trial.pickled_error_file, "rb") as f:
+                exc = ray.cloudpickle.load(f)
+            return type(exc).__name__, str(exc)
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file) as f:  # "Failure # n (occurred at ...)", then the error
+                return "Error", f.read().split("\n", 1)[-1]
+    except Exception:  # an unreadable error is still a failure
+        pass
+    return "Error", "unknown error"
 
 
 def _is_start_failure(text: str) -> bool:
@@ -240,6 +251,11 @@ class _Events(Callback):
     def __init__(self, events: queue.Queue, cancelled: set):
         self.events, self.cancelled = events, cancelled
         self.epochs: dict[str, list[dict]] = {}  # trial id -> its per-epoch results so far
+        self.live: dict[str, Any] = {}           # trial id -> its actor, while it runs
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        # Kept here: Tune forgets a trial's actor as soon as it asks it to stop.
+        self.live[trial.trial_id] = getattr(trial.temporary_state, "ray_actor", None)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if result.get(_FINAL):
@@ -250,6 +266,7 @@ class _Events(Callback):
         self.events.put(EpochReport(trial.config["token"], {k: result[k] for k in _EPOCH_KEYS if k in result}))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.live.pop(trial.trial_id, None)
         token, epochs = trial.config["token"], self.epochs.pop(trial.trial_id, [])
         last = trial.last_result or {}
         if last.get(_FINAL):
@@ -262,14 +279,14 @@ class _Events(Callback):
         self.events.put(Finished(token, out))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.live.pop(trial.trial_id, None)
         self.epochs.pop(trial.trial_id, None)
-        text = _error_text(trial)
-        lines = [ln for ln in text.splitlines() if ln.strip()] or ["unknown error"]
+        kind, text = _trial_error(trial)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["unknown error"]
         if _is_start_failure(text):
             self.events.put(_StartFailed(lines[-1][:400]))
         self.events.put(Finished(trial.config["token"], {
-            "status": "failed", "failure_kind": "worker_died",
-            "reason": f"worker died: {lines[-1][:300]}"}))
+            "status": "failed", "failure_kind": "worker_died", "reason": f"worker died: {kind}: {lines[0][:300]}"}))
 
     def __reduce__(self):  # pickled into tuner.pkl with the run config: the queue stays here
         return (_Events, (None, set()))
@@ -288,6 +305,27 @@ def _config_classes():
     from ray import train
 
     return train.RunConfig, train.FailureConfig
+
+
+def _set_env(values: dict[str, str]) -> dict:
+    """Set the variables not set yet; returns what to restore."""
+    previous = {}
+    for key, value in values.items():
+        if key not in os.environ:
+            previous[key] = None
+            os.environ[key] = value
+    return previous
+
+
+def _restore_env(previous: dict) -> None:
+    for key in previous:
+        os.environ.pop(key, None)
+
+
+def _drop_incomplete_trials(record) -> bool:
+    """A logging filter: fit() ends listing the trials that failed, which the driver has already
+    recorded and reported one by one (and retried)."""
+    return not str(record.msg).startswith("Trials did not complete")
 
 
 class _PriceDone:
@@ -333,6 +371,7 @@ class TuneBackend:
         self.pricer = None
         self.searcher = None
         self.stopper = None
+        self.callback: _Events | None = None
         self.nodes: set = set()
         self._fit: threading.Thread | None = None
         self._fit_error: BaseException | None = None
@@ -341,19 +380,27 @@ class TuneBackend:
     def start(self, data, rung_rule) -> int:
         ray = start_ray(self.ray_address, self.num_cpus, self.num_gpus, self.connect_timeout_s, self.where)
         self.slots = trial_slots(ray, self.cpus, self.gpus, self.max_concurrent, self.where)
-        # fit() runs off the main thread, where Tune must not (and cannot) take over SIGINT; the
-        # driver handles Ctrl-C and SIGTERM and closes this backend. Ray 2.40 lets only one trial
-        # wait for resources at a time under a custom searcher unless told otherwise.
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-        # Tune's newer console output prints its experiment table even at verbose=0; the legacy
-        # engine is silent there (the driver prints its own progress).
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(self.slots))
         self.pricer = on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
         tuner = self._tuner(data, rung_rule)
-        self._fit = threading.Thread(target=self._run_fit, args=(tuner,), name="effnas-tune-fit", daemon=True)
+        self._fit = threading.Thread(target=self._run_fit, args=(tuner, _set_env(self._tune_env())),
+                                     name="effnas-tune-fit", daemon=True)
         self._fit.start()
         return self.slots
+
+    def _tune_env(self) -> dict[str, str]:
+        """What Tune reads from the environment when fit() starts, unless the user set it."""
+        return {
+            # fit() runs off the main thread, where Tune installs no signal handler anyway: the
+            # driver handles Ctrl-C and SIGTERM and closes this backend.
+            "TUNE_DISABLE_SIGINT_HANDLER": "1",
+            # Tune's newer console output prints its experiment table even at verbose=0; the
+            # legacy engine is silent there (the driver prints its own progress).
+            "RAY_AIR_NEW_OUTPUT": "0",
+            # Older Tune lets a custom searcher have one trial waiting for resources at a time.
+            "TUNE_MAX_PENDING_TRIALS_PG": str(self.slots),
+            # A failed trial comes back to the driver, which records and prints its reason.
+            "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
+        }
 
     def _tuner(self, data, rung_rule):
         from ray import tune
@@ -369,6 +416,7 @@ class TuneBackend:
             {"cpu": self.cpus, "gpu": self.gpus})
         self.searcher = _SpecSearcher()
         self.stopper = _CloseStopper()
+        self.callback = _Events(self.events, self.cancelled)
         run_config, failure_config = _config_classes()
         self.experiment = f"{self.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         return tune.Tuner(
@@ -380,13 +428,20 @@ class TuneBackend:
             run_config=run_config(
                 name=self.experiment, storage_path=self.storage_path, verbose=0, stop=self.stopper,
                 failure_config=failure_config(max_failures=0),
-                callbacks=[_Events(self.events, self.cancelled)]))
+                callbacks=[self.callback]))
 
-    def _run_fit(self, tuner) -> None:
+    def _run_fit(self, tuner, previous_env: dict) -> None:
+        import logging
+
+        tune_log = logging.getLogger("ray.tune.tune")
+        tune_log.addFilter(_drop_incomplete_trials)
         try:
             tuner.fit()
         except BaseException as e:  # handed to the driver's thread by next_events
             self._fit_error = e
+        finally:
+            tune_log.removeFilter(_drop_incomplete_trials)
+            _restore_env(previous_env)
 
     # -- the verbs ------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -465,5 +520,20 @@ class TuneBackend:
         if self.stopper is not None:
             self.stopper.closing = True
         if self._fit is not None:
+            self._fit.join(0.5)  # a trial waiting between epochs stops at once
+            if self._fit.is_alive():
+                # One in the middle of an epoch would finish it first (Tune waits up to 10 s for
+                # a graceful stop): the sweep is over, its process goes now.
+                self._kill_live_trials()
             self._fit.join(timeout_s)
         self.running.clear()
+
+    def _kill_live_trials(self) -> None:
+        import ray
+
+        for actor in list(self.callback.live.values()):
+            if actor is not None:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception:  # already gone
+                    pass
