@@ -17,11 +17,9 @@ Backends:
 
 - ``actors`` (:mod:`search.sweep.backends.actors`): one long-lived Ray actor per slot, a pricer
   actor and a rung actor; the lowest overhead per trial.
-- A Ray Tune backend fits without touching the policy: ``start`` builds a ``tune.Tuner`` whose
-  ``Searcher`` hands out the specs that ``submit`` queues (the policy has already decided to train
-  them), whose ``TrialScheduler`` asks the same rung rule on each ``tune.report``, and whose
-  callback turns trial completions and per-epoch results into ``Finished``/``EpochReport`` events on
-  a queue that ``next_events`` drains; ``cancel`` stops the Tune trial.
+- ``tune`` (:mod:`search.sweep.backends.tune`): every trial a Ray Tune trial of one
+  ``tune.Tuner``, whose ``Searcher`` hands out the specs ``submit`` queued, whose scheduler asks the
+  rung rule, and whose callback turns results into events.
 - A simulated-clock backend replays recorded curves: ``submit`` schedules the trial's epochs on a
   virtual clock with their recorded durations, ``next_events`` advances the clock to the next
   event, asking the rung rule at each epoch; pricing runs inline. Sweeps of thousands of trials then
