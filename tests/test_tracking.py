@@ -52,23 +52,25 @@ def mlflow_server(tmp_path_factory):
     server.wait(timeout=30)
 
 
-def _study(tmp_path, url: str) -> dict:
+def _study(tmp_path, url: str, backend: str = "actors") -> dict:
     return {
+        "execution": {"backend": backend},
         "study": "tracked", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "digits", "val_size": 100}, "budget": {"n_trials": 3}, "fidelity": {"epochs": 3},
         "families": {"igcv2": {}, "rsnet": {}}, "sampler": {"name": "random", "seed": 0},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2},
-        "tracking": {"mlflow": {"uri": url, "experiment": "effnas-test"}},
+        "tracking": {"mlflow": {"uri": url, "experiment": f"effnas-test-{backend}"}},
     }
 
 
-def test_every_trained_trial_is_an_mlflow_run(tmp_path, ray_local, mlflow_server):
+@pytest.mark.parametrize("backend", ["actors", "tune"])  # tracking runs on the driver, whatever runs the trials
+def test_every_trained_trial_is_an_mlflow_run(tmp_path, ray_local, mlflow_server, backend):
     from mlflow.tracking import MlflowClient
 
-    cfg = parse_study(copy.deepcopy(_study(tmp_path, mlflow_server)), str(tmp_path / "s.yaml"))
+    cfg = parse_study(copy.deepcopy(_study(tmp_path, mlflow_server, backend)), str(tmp_path / "s.yaml"))
     summary = Sweep(cfg, trial_fn=testing.curve_trial, log=lambda _: None).run()
     client = MlflowClient(tracking_uri=mlflow_server)
-    experiment = client.get_experiment_by_name("effnas-test")
+    experiment = client.get_experiment_by_name(f"effnas-test-{backend}")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == summary.trained == 3
     for run in runs:
