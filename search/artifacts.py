@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from trainers.atomic import write_atomic
+
 __all__ = ["is_uri", "to_uri", "check_location", "DriverStore", "start_driver_store", "bind_driver_store",
            "trial_artifacts", "TrialArtifacts", "read_artifact"]
 
@@ -76,22 +78,7 @@ class DriverStore:
         return target.read_bytes() if target.is_file() else None
 
     def write(self, path: str, data: bytes) -> None:
-        _write_atomic(self._inside(path), data)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename over ``target``: a crash leaves the old file whole."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(self._inside(path), data)
 
 
 def start_driver_store(root: str):
@@ -158,7 +145,7 @@ class _ScratchArtifacts(TrialArtifacts):
     def fetch(self, name: str) -> None:
         data = self._get(name)
         if data is not None:
-            _write_atomic(Path(self.local_dir) / name, data)
+            write_atomic(Path(self.local_dir) / name, data)
 
     def store(self, name: str) -> str | None:
         path = Path(self.local_dir) / name

@@ -3,19 +3,19 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(..., weights_only=True)`` (no pickled objects, nothing executed on load). Random
 states are stored in that vocabulary too: numpy's and Python's as lists, torch's as tensors.
-Writes go to a temporary file in the same folder and are moved into place with ``os.replace``,
-so a crash mid-write leaves the previous checkpoint intact.
+Writes are atomic (``trainers.atomic``), so a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
-import os
+import io
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from trainers.atomic import write_atomic
 
 __all__ = ["CHECKPOINT_NAME", "DEPLOY_NAME", "save_atomic", "load_checkpoint", "capture_rng", "restore_rng"]
 
@@ -24,19 +24,10 @@ DEPLOY_NAME = "deploy.pt"
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary sibling, then rename over ``path`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` of ``obj``, written atomically (:func:`trainers.atomic.write_atomic`)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict | None:
