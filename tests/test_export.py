@@ -200,7 +200,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("search.export._files.os.replace", broken_replace)
+    monkeypatch.setattr("trainers.atomic.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         _write_atomic(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["pareto.json"]
