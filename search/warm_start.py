@@ -6,12 +6,19 @@ this study searches, with parameters inside this study's knob ranges and within 
 added as a finished trial (status ``imported``): the sampler learns from it, the dedup never trains
 its architecture again, it does not use this study's budget, and it may sit on the front (it is a
 real result at this fidelity). Each run imports only what an earlier run has not; the log line says
-how many came in and why the rest did not.
+how many came in and why the rest did not: a trial that cannot be imported, for whatever reason (a
+value outside this study's narrower choices, a record it cannot read), is a counted skip, never an
+error that stops the run.
+
+The source is someone else's study: an SQLite source is opened read-only (no WAL switch, no side
+files, no write of any kind), a server database through Optuna as usual.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -40,13 +47,43 @@ class ImportReport:
                 + (f"; skipped {sum(self.skipped.values())}: {why}" if self.skipped else ""))
 
 
+def _read_only_sqlite(url: str, path: Path, name: str) -> optuna.Study:
+    """The study ``name`` of the SQLite file ``path``, opened read-only: every connection is
+    ``mode=ro``, so nothing (no journal-mode switch, no table, no -wal/-shm side file of a file not
+    in WAL mode already) is written to another study's file."""
+    import sqlite3
+    import warnings
+
+    if not path.is_file():
+        raise StorageError(f"no study database at {path}")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+
+    def connect():
+        return sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs={"creator": connect}, skip_table_creation=True)
+        names = [s.study_name for s in storage.get_all_studies()]
+    except Exception as e:  # SQLAlchemy and Optuna raise many kinds; the cause is what matters
+        cause = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise StorageError(f"{path} is not a readable study database ({cause})") from None
+    if name not in names:
+        raise StorageError(f"{url!r} holds no study {name!r}; studies there: {names}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def _source(cfg) -> optuna.Study:
-    from search.storage import load_existing_study
+    from search.storage import load_existing_study, sqlite_path
 
     w = cfg.warm_start
     if w.study == cfg.study and w.storage == cfg.storage_url:
         raise StudyFileError(cfg.path, "warm_start.study", "names this study itself; name another study")
+    path = sqlite_path(w.storage)
     try:
+        if path is not None:
+            return _read_only_sqlite(w.storage, path, w.study)
         return load_existing_study(w.storage, w.study)
     except StorageError as e:
         raise StudyFileError(cfg.path, "warm_start", f"cannot import from study {w.study!r} ({e}); point "
@@ -56,6 +93,20 @@ def _source(cfg) -> optuna.Study:
 def check_source(cfg) -> None:
     """The source study exists and opens (before anything is written)."""
     _source(cfg)
+
+
+def _in_space(distribution, value) -> bool:
+    """Whether ``value`` is one of this study's values of the knob; a value the distribution cannot
+    even represent (a categorical choice this study left out: Optuna raises ``'4' not in (1, 2)``)
+    is simply outside."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+        return False
+
+
+def _finite(*values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def _skip_reason(t: FrozenTrial, rec, cfg, spaces: dict, fidelity: dict, data_meta: dict) -> str | None:
@@ -70,11 +121,11 @@ def _skip_reason(t: FrozenTrial, rec, cfg, spaces: dict, fidelity: dict, data_me
         return "of a family this study does not search"
     space = spaces[rec.family]
     for name, value in t.params.items():
-        if name != "family" and (name not in space or not space[name]._contains(space[name].to_internal_repr(value))):
+        if name != "family" and (name not in space or not _in_space(space[name], value)):
             return "outside this study's knob ranges"
-    if rec.val_acc is None or rec.macs is None or rec.params is None:
+    if not _finite(rec.val_acc, rec.macs, rec.params):
         return "missing accuracy or costs"
-    if "latency" in cfg.objectives and rec.latency_ms is None:
+    if "latency" in cfg.objectives and not _finite(rec.latency_ms):
         return "without a measured latency"
     if not is_feasible(cost_constraints(cfg, {"macs": rec.macs, "params": rec.params})):
         return "over this study's constraints"
@@ -96,6 +147,28 @@ def _imported_trial(t: FrozenTrial, rec, cfg, spaces: dict) -> FrozenTrial:
                     IMPORTED_FROM: origin})
 
 
+def _importable(t: FrozenTrial, cfg, spaces: dict, fidelity: dict, data_meta: dict,
+                known: set) -> tuple[str | None, FrozenTrial | None]:
+    """(why ``t`` is not imported, None) or (None, the trial to add): whatever is wrong with one
+    source trial makes it a counted skip, never an error that stops the run."""
+    try:
+        rec = read_record(t)
+    except Exception:  # a record written by some other tool or version
+        return "with a record this study cannot read", None
+    try:
+        reason = _skip_reason(t, rec, cfg, spaces, fidelity, data_meta)
+    except Exception:  # a malformed field (a string for a count, ...)
+        return "with a record this study cannot read", None
+    if reason is None and rec.arch_key in known:
+        reason = "an architecture this study has already"
+    if reason is not None:
+        return reason, None
+    try:
+        return None, _imported_trial(t, rec, cfg, spaces)
+    except Exception:  # Optuna refuses the values or parameters as a finished trial of this study
+        return "not valid as a finished trial of this study", None
+
+
 def import_trials(cfg, study: optuna.Study, spaces: dict, fidelity: dict, data_meta: dict) -> ImportReport:
     """Add the source study's usable trained trials to ``study`` (see the module docstring)."""
     source = _source(cfg)
@@ -109,15 +182,12 @@ def import_trials(cfg, study: optuna.Study, spaces: dict, fidelity: dict, data_m
         if (cfg.warm_start.study, t.number) in done:
             report.already += 1
             continue
-        rec = read_record(t)
-        reason = _skip_reason(t, rec, cfg, spaces, fidelity, data_meta)
-        if reason is None and rec.arch_key in known:
-            reason = "an architecture this study has already"
+        reason, trial = _importable(t, cfg, spaces, fidelity, data_meta, known)
         if reason is not None:
             report.skipped[reason] += 1
             continue
-        known.add(rec.arch_key)
-        new.append(_imported_trial(t, rec, cfg, spaces))
+        known.add(trial.user_attrs["record"].get("arch_key"))
+        new.append(trial)
     if new:
         study.add_trials(new)
     report.imported = len(new)
