@@ -16,9 +16,11 @@ worker when the artifacts live elsewhere); :class:`TrialArtifacts` moves files b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 from trainers.atomic import write_atomic
@@ -193,16 +195,24 @@ class _FilesystemArtifacts(_ScratchArtifacts):
         from pyarrow import fs
 
         self.fs.create_dir(self.base, recursive=True)
-        final, tmp = f"{self.base}/{name}", f"{self.base}/.{name}.partial"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        # A reader never sees half a file: local filesystems rename atomically, object stores
-        # publish an object whole.
-        if isinstance(self.fs, fs.LocalFileSystem):
-            self.fs.move(tmp, final)
-        else:
-            self.fs.copy_file(tmp, final)
-            self.fs.delete_file(tmp)
+        # A temporary name of this write alone: two writers of one file (a retry next to a worker
+        # still finishing, two drivers on a shared location) never write into each other's.
+        final, tmp = f"{self.base}/{name}", f"{self.base}/.{name}.{uuid.uuid4().hex}.partial"
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            # A reader never sees half a file: local filesystems rename atomically, object stores
+            # publish an object whole.
+            if self.fs.type_name == "local":
+                self.fs.move(tmp, final)
+            else:
+                self.fs.copy_file(tmp, final)
+                self.fs.delete_file(tmp)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                if self.fs.get_file_info(tmp).type == fs.FileType.File:
+                    self.fs.delete_file(tmp)
+            raise
         return f"{self.location.rstrip('/')}/{name}"
 
 

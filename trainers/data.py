@@ -7,7 +7,9 @@ tensor ops on the training device instead of running per-image PIL transforms.
 Sources:
 - ``cifar10`` / ``cifar100``: the official "python version" pickles in torchvision's layout
   (``<root>/cifar-10-batches-py``, ``<root>/cifar-100-python``), read directly (torchvision's own
-  class insists on the official md5 sums, which rules out small generated files in tests); when
+  class insists on the official md5 sums, which rules out small generated files in tests) by an
+  unpickler that builds only what those files hold (dicts, lists, bytes, integers, one uint8 array),
+  so a file under the data root cannot run code; anything else is refused naming the file; when
   ``download`` is set and the files are missing, torchvision fetches them. A folder holding
   ``train.npz`` / ``test.npz`` is accepted too (the arrays format below).
 - ``npz``: ``<root>/train.npz`` and ``<root>/test.npz`` with ``images`` (uint8, N x H x W x C or
@@ -182,13 +184,78 @@ _CIFAR = {
 }
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles of bytes use it (and no other codec)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"it encodes with {encoding!r}, which an official CIFAR batch never does")
+    return text.encode("latin1")
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """What pickled uint8 arrays refer to, under the module names numpy 1.x and 2.x write: the
+    official batches (Python 2, protocol 2) name ``numpy.core.multiarray._reconstruct``,
+    ``numpy.ndarray`` and ``numpy.dtype``; files written today (protocol 5) name
+    ``numpy._core.numeric._frombuffer`` instead of ``_reconstruct``."""
+    probe = np.zeros(1, dtype=np.uint8)
+    reconstruct = probe.__reduce__()[0]
+    frombuffer = probe.__reduce_ex__(5)[0]
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1}  # bytes in protocol 2 written by Python 3
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads the official CIFAR python batches and nothing else: a batch is a dict of bytes, lists
+    of integers and bytes, and one uint8 array, so the only globals it may name are numpy's array
+    reconstruction functions. Any other global (``os.system``, ``builtins.open``, ...) is refused
+    before it is called: a file under ``data.root`` cannot run code."""
+
+    _ALLOWED = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        found = self._ALLOWED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which an official CIFAR batch never holds")
+        return found
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it holds persistent references, which an official CIFAR batch never holds")
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, list]:
+    """Images (N x 3 x 32 x 32 uint8) and labels of one official python-version batch file."""
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path}: not an official CIFAR python batch file ({why}); replace it with the "
+                          f"extracted official archive, or convert the data to train.npz/test.npz")
+
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError, OverflowError) as e:
+        raise bad(str(e) or type(e).__name__) from None
+    if not isinstance(entry, dict) or b"data" not in entry or label_key not in entry:
+        keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise bad(f"expected a dict with {b'data'!r} and {label_key!r}, got {keys}")
+    data, labels = entry[b"data"], entry[label_key]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise bad(f"{b'data'!r} must be a uint8 N x 3072 array, got a {what}")
+    if not (isinstance(labels, list) and len(labels) == len(data)
+            and all(type(v) is int for v in labels)):  # noqa: E721 (bool is not a label)
+        raise bad(f"{label_key!r} must be a list of {len(data)} integers")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def _read_cifar_pickles(paths: list[Path], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for path in paths:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
+        x, y = _read_cifar_batch(path, label_key)
+        images.append(x)
+        labels.extend(y)
     x = torch.from_numpy(np.concatenate(images))
     return x, _labels(np.asarray(labels), len(x), str(paths[0].parent))
 

@@ -282,17 +282,33 @@ def load_model(json_path: str | Path):
 
     Args:
         json_path: a model description written by ``python -m search export --models``; its
-            ``weights`` file name is resolved next to it.
+            ``weights`` file name is resolved next to it (an absolute path or one with ``..`` is
+            refused: a description never makes it read a file outside its folder).
 
     Returns:
         The ``nn.Module`` on CPU. It takes ``NCHW`` float images normalised with the description's
         ``mean``/``std`` (pixels / 255 first) and returns logits.
 
     Raises:
-        ExportError: the description cannot be read or lacks a field.
+        ExportError: the description cannot be read, lacks a field, or names weights outside its folder.
         FileNotFoundError: the weights file is missing.
     """
     return _load(json_path)[0]
+
+
+def _weights_beside(path: Path, name: Any) -> Path:
+    """The weights file a description names, which must lie in the description's own folder (or
+    below it): an absolute path or a ``..`` in a shared or downloaded description would make
+    ``load_model`` read whatever file it names."""
+    from pathlib import PureWindowsPath  # splits on both separators; its anchor covers "/x", "\\x", "C:x"
+
+    if isinstance(name, str) and name.strip() and "\0" not in name:
+        parsed = PureWindowsPath(name)
+        if not parsed.anchor and ".." not in parsed.parts:
+            return path.parent / name
+    raise ExportError(f"{path}: weights {name!r} is not a file name inside the description's folder "
+                      f"{path.parent}; a description written by `export --models` names its weights "
+                      f"beside it (e.g. \"trial_3.pt\"); refusing to read a file elsewhere")
 
 
 def _load(json_path: str | Path):
@@ -305,7 +321,7 @@ def _load(json_path: str | Path):
     missing = [k for k in required if k not in desc]
     if missing:
         raise ExportError(f"{path}: missing field(s) {missing}; expected a file written by `export --models`")
-    weights = path.parent / desc["weights"]
+    weights = _weights_beside(path, desc["weights"])
     if not weights.is_file():
         raise FileNotFoundError(f"{path}: weights file {weights} not found")
     model = _build_deploy(desc["family"], desc["knobs"], desc["num_classes"], desc["image_size"],
