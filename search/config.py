@@ -24,7 +24,7 @@ __all__ = [
     "StudyConfig", "DataSection", "FamilySection", "ConstraintsSection", "SamplerSection",
     "BudgetSection", "FidelitySection", "AshaSection", "TrainSection", "ResourcesSection",
     "RaySection", "RetrySection", "ProxiesSection", "PrescreenSection", "LatencySection", "TrackingSection",
-    "MlflowSection", "load_study",
+    "MlflowSection", "load_study", "RESULT_SETTINGS", "RESULT_NEUTRAL", "IN_EVERY_KEY",
     "parse_study", "OBJECTIVES", "SAMPLERS", "DATASETS", "PROXIES", "LATENCY_RUNTIMES",
 ]
 
@@ -236,14 +236,92 @@ class StudyConfig:
         return self.storage or f"sqlite:///{(self.run_path / 'study.db').as_posix()}"
 
     def fidelity_key(self) -> dict:
-        """What makes two results comparable: same data subset, resolution and epochs."""
-        d = self.data
-        key = {"dataset": d.dataset, "train_size": d.train_size, "val_size": d.val_size,
-               "image_size": d.image_size, "epochs": self.fidelity.epochs,
-               "batch_size": self.train.batch_size, "lr": self.train.lr, "seed": self.train.seed}
-        if self.train.recipe != "default":  # only then: the keys of existing studies stay as they were
-            key = {**key, "recipe": self.train.recipe, "batch_size": None, "lr": None}
+        """What makes two results comparable: every setting of :data:`RESULT_SETTINGS` (the data
+        and its subset, resolution, epochs, the training recipe and seed).
+
+        Settings listed with an implicit value enter the key only when set to something else, so a
+        study written before they were listed keeps its keys (its records' ``fidelity`` and
+        ``arch_key``). Under a recipe other than ``default`` the settings the recipe chooses per
+        family (``trainers.recipes``) are the recipe's: ``batch_size`` and ``lr`` are null, as older
+        versions wrote them, and the others are left out.
+        """
+        recipe_sets = _recipe_settings() if self.train.recipe != "default" else frozenset()
+        key = {}
+        for name, (setting, implicit) in RESULT_SETTINGS.items():
+            if setting in recipe_sets:
+                if implicit is IN_EVERY_KEY:
+                    key[name] = None
+                continue
+            value = self._data_root_key() if setting == "data.root" else self._setting(setting)
+            if implicit is IN_EVERY_KEY or value != implicit:
+                key[name] = value
         return key
+
+    def _setting(self, dotted: str) -> Any:
+        section, name = dotted.split(".")
+        return getattr(getattr(self, section), name)
+
+    def _data_root_key(self) -> Optional[str]:
+        """The data folder as the key holds it: relative to the study file's folder (the way a study
+        file names it), so a project moved or cloned elsewhere keeps its keys; None where no folder is
+        read (unset, or the bundled digits)."""
+        root = self.data.root
+        if root is None or self.data.dataset in _DATASETS_WITHOUT_FILES:
+            return None
+        if self.path != "<memory>" and Path(root).is_absolute():
+            import os
+
+            return Path(os.path.relpath(root, Path(self.path).resolve().parent)).as_posix()
+        return Path(root).as_posix()
+
+
+# --- what makes two results comparable ------------------------------------------------------------
+
+IN_EVERY_KEY = "in every key"  # RESULT_SETTINGS: a setting every study's key has always held
+
+# Every study-file setting that changes what a trial trains to (its curve, its accuracy): fidelity-key
+# name -> (section.field, the value older versions left implicit). A new key of `data:`, `train:` or
+# `fidelity:` goes here, or into RESULT_NEUTRAL with the reason it changes no result
+# (tests/test_fidelity_key.py fails until it is in one of them). A setting added here later names
+# the value every study used before it existed, so existing studies keep their keys.
+RESULT_SETTINGS: dict[str, tuple[str, Any]] = {
+    "dataset": ("data.dataset", IN_EVERY_KEY),
+    "train_size": ("data.train_size", IN_EVERY_KEY),
+    "val_size": ("data.val_size", IN_EVERY_KEY),
+    "image_size": ("data.image_size", IN_EVERY_KEY),
+    "epochs": ("fidelity.epochs", IN_EVERY_KEY),
+    "batch_size": ("train.batch_size", IN_EVERY_KEY),
+    "lr": ("train.lr", IN_EVERY_KEY),
+    "seed": ("train.seed", IN_EVERY_KEY),
+    "recipe": ("train.recipe", "default"),    # the schedule, and per family what the recipe sets
+    "momentum": ("train.momentum", 0.9),
+    "weight_decay": ("train.weight_decay", 1e-4),
+    "nesterov": ("train.nesterov", True),
+    "augment": ("train.augment", True),
+    "amp": ("train.amp", True),               # bf16 autocast on CUDA
+    "data_root": ("data.root", None),         # which files: see StudyConfig._data_root_key
+}
+
+# Keys of the same sections that change no trial's result, and why.
+RESULT_NEUTRAL: dict[str, str] = {
+    "data.test_size": "test images only report front members' test accuracy: never selected on, not in the curve",
+    "data.download": "fetches the official files where they are missing: the same data either way",
+    "train.eval_test": "whether test accuracy is measured and reported: never selected on, not in the curve",
+    "train.condensed_training": "the condensed form takes the same SGD steps as the masked one (the trainer's "
+                                "tests): it changes the cost of training, not its result",
+    "fidelity.asha": "stops trials at rungs: a trial trained to the end (what is compared, imported and on "
+                     "the front) trains the same, and a stopped one records the epochs it reached",
+}
+
+_DATASETS_WITHOUT_FILES = ("digits",)  # bundled with scikit-learn: data.root is not read
+
+
+def _recipe_settings() -> frozenset:
+    """``section.field`` of the study settings a non-default recipe chooses per family."""
+    from trainers.recipes import PAPER_RECIPES  # plain data, no torch
+
+    train_fields = {f.name for f in dataclasses.fields(TrainSection)}
+    return frozenset(f"train.{k}" for recipe in PAPER_RECIPES.values() for k in recipe if k in train_fields)
 
 
 # --- generic typed parsing ----------------------------------------------------------------------
