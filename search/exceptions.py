@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = ["EffnasError", "UsageError", "StudyFileError", "StorageError", "StudyLockedError",
            "BudgetUnreachableError", "SearchSpaceExhausted", "ResourcesError", "WorkerStartError",
-           "DataError", "ExportError"]
+           "DataError", "ExportError", "TableError"]
 
 
 class EffnasError(Exception):
@@ -57,3 +57,7 @@ class DataError(EffnasError):
 
 class ExportError(EffnasError):
     """The export folder cannot be written, or a model description cannot be read."""
+
+
+class TableError(EffnasError):
+    """A recorded table (``search.tables``) is missing, unreadable or breaks its format."""
