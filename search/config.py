@@ -32,6 +32,7 @@ OBJECTIVES = {"accuracy": "maximize", "macs": "minimize", "params": "minimize", 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp", "bruteforce")
 DATASETS = ("cifar10", "cifar100", "npz", "digits", "mnist", "fashion_mnist")
 FAMILIES = ("condensenet", "igcv2", "rsnet", "slimconv")  # space.list_families(), without importing torch
+ENTRY_POINT_GROUP = "effnas.families"  # space.registry.ENTRY_POINT_GROUP, without importing torch
 PROXIES = ("synflow", "naswot", "snip", "grad_norm")  # trainers.proxies
 LATENCY_RUNTIMES = ("torch", "onnxruntime")  # trainers.latency.RUNTIMES
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -187,6 +188,9 @@ class WarmStartSection:
 class StudyConfig:
     study: str
     families: dict                   # family name -> FamilySection
+    # Python files (.py, relative to the study file's folder) or module names whose import registers
+    # more families (space.registry.load_family_modules); once parsed: files as absolute paths.
+    family_modules: tuple = ()
     data: DataSection = field(default_factory=DataSection)
     objectives: tuple = ("accuracy", "macs", "params")
     constraints: ConstraintsSection = field(default_factory=ConstraintsSection)
@@ -412,14 +416,53 @@ def _did_you_mean(name: str, valid) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_families(cfg: StudyConfig) -> dict:
+def _load_family_modules(cfg: StudyConfig, base_dir: Path | None) -> tuple[tuple, tuple]:
+    """Import ``family_modules`` (registering their families) before the family names are checked.
+
+    Returns the entries as every process can load them again (files as absolute paths) and the
+    families they registered."""
+    if not cfg.family_modules:
+        return (), ()
+    from space.registry import FamilyModuleError, load_family_modules
+
+    base = base_dir if base_dir is not None else Path.cwd()
+    resolved, names = [], []
+    for i, entry in enumerate(cfg.family_modules):
+        try:
+            names += [n for n in load_family_modules([entry], base) if n not in names]
+        except FamilyModuleError as e:
+            raise StudyFileError(cfg.path, f"family_modules[{i}]", str(e)) from e
+        resolved.append(str((base / entry).resolve()) if entry.endswith(".py") else entry)
+    return tuple(resolved), tuple(names)
+
+
+def _entry_point_families() -> tuple[tuple, dict]:
+    """Families of installed ``effnas.families`` plugins, and the plugins that failed to load. Looked
+    up only for a name that is not known otherwise; with no plugin installed, without importing torch."""
+    from importlib.metadata import entry_points
+
+    if not entry_points(group=ENTRY_POINT_GROUP):
+        return (), {}
+    from space.registry import entry_point_errors, load_entry_point_families
+
+    return tuple(load_entry_point_families()), entry_point_errors()
+
+
+def _check_families(cfg: StudyConfig, outside: tuple = ()) -> dict:
     path = cfg.path
     if not isinstance(cfg.families, dict) or not cfg.families:
         raise StudyFileError(path, "families", f"name at least one family out of {list(FAMILIES)}")
-    for name in cfg.families:  # before importing the families (and torch): a typo answers at once
-        if name not in FAMILIES:
-            raise StudyFileError(path, f"families.{name}", f"unknown family{_did_you_mean(name, FAMILIES)}; "
-                                                           f"valid families: {list(FAMILIES)}")
+    for name in cfg.families:  # before importing the built-in families (and torch): a typo answers at once
+        if name in FAMILIES or name in outside:
+            continue
+        plugins, failed = _entry_point_families()
+        if name not in plugins:
+            valid = [*FAMILIES, *outside, *plugins]
+            broken = "".join(f"; the installed family plugin {ep} failed to load ({why}): fix or uninstall it"
+                             for ep, why in failed.items())
+            raise StudyFileError(path, f"families.{name}", f"unknown family{_did_you_mean(name, valid)}; "
+                                                           f"valid families: {valid}{broken}; a family of your own "
+                                                           f"is named by family_modules: [path/to/module.py]")
     from space.knobs import apply_overrides
     from space.registry import get_family
 
@@ -603,7 +646,8 @@ def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) 
     cfg = _parse_section(StudyConfig, raw, path, "")
     cfg = dataclasses.replace(cfg, path=path)
     _check_values(cfg)
-    cfg = dataclasses.replace(cfg, families=_check_families(cfg))
+    modules, outside = _load_family_modules(cfg, base_dir)
+    cfg = dataclasses.replace(cfg, family_modules=modules, families=_check_families(cfg, outside))
     cfg = dataclasses.replace(cfg, seeds=_check_seeds(cfg))
     if cfg.prescreen is not None and not cfg.proxies.names:  # the screening proxy is scored at least
         cfg = dataclasses.replace(cfg, proxies=dataclasses.replace(cfg.proxies, names=(cfg.prescreen.proxy,)))
