@@ -129,14 +129,20 @@ class RaySection:
     connect_timeout_s: float = 15.0  # a cluster that does not answer within this is an error, not a hang
 
 
-BACKENDS = ("actors", "tune")  # search.sweep.backends
+BACKENDS = ("actors", "tune", "simulated")  # search.sweep.backends
 
 
 @dataclass(frozen=True)
 class ExecutionSection:
     # actors: long-lived Ray actors, the lowest overhead per trial (bench/orchestration_overhead.py);
-    # tune: every trial a Ray Tune trial (Tune's loggers, callbacks and result objects).
+    # tune: every trial a Ray Tune trial (Tune's loggers, callbacks and result objects);
+    # simulated: no training: curves and seconds replayed from a recorded table (search.tables) on
+    # a simulated clock with `workers` asynchronous workers (search.sweep.backends.simulated).
     backend: str = "actors"
+    table: Optional[str] = None      # simulated: the table file (relative to the study file)
+    workers: int = 4                 # simulated: asynchronous workers
+    seed: int = 0                    # simulated: which recorded run each trial replays (drawn per trial)
+    failure_rate: float = 0.0        # simulated: share of trials that fail at a random epoch (retry settings)
 
 
 @dataclass(frozen=True)
@@ -501,6 +507,20 @@ def _check_values(cfg: StudyConfig) -> None:
         raise StudyFileError(p, "objectives", "must include 'accuracy' (what training measures)")
     for key in ("max_macs", "max_params", "max_latency_ms"):
         _positive(p, f"constraints.{key}", getattr(cfg.constraints, key))
+    _check_search(cfg)
+    _check_training(cfg)
+    _check_proxies(cfg)
+    _check_latency(cfg)
+    _check_tracking(cfg)
+    _check_execution(cfg)
+    if cfg.storage is not None and "://" not in cfg.storage:
+        raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
+                                            f"or postgresql://user@host/db, got {cfg.storage!r}")
+
+
+def _check_search(cfg: StudyConfig) -> None:
+    """The sampler, the budget and the fidelity (with its rung rule)."""
+    p = cfg.path
     if cfg.sampler.name not in SAMPLERS:
         raise StudyFileError(p, "sampler.name", f"unknown sampler {cfg.sampler.name!r}; valid: {', '.join(SAMPLERS)}")
     _positive(p, "budget.n_trials", cfg.budget.n_trials, allow_none=False)
@@ -517,6 +537,11 @@ def _check_values(cfg: StudyConfig) -> None:
             raise StudyFileError(p, "fidelity.asha.reduction_factor", f"must be >= 2, got {a.reduction_factor}")
         if a.rank is not None and a.rank not in ("pareto", "accuracy"):
             raise StudyFileError(p, "fidelity.asha.rank", f"expected 'pareto' or 'accuracy', got {a.rank!r}")
+
+
+def _check_training(cfg: StudyConfig) -> None:
+    """The training recipe, the resources per trial and the Ray instance."""
+    p = cfg.path
     from trainers.recipes import RECIPES  # torch-free
 
     if cfg.train.recipe not in RECIPES:
@@ -539,13 +564,6 @@ def _check_values(cfg: StudyConfig) -> None:
     if addr is not None and not (addr in ("auto", "local") or addr.startswith("ray://") or re.match(r"^[\w.-]+:\d+$", addr)):
         raise StudyFileError(p, "ray.address", f"expected null, 'local', 'auto', 'host:port' or 'ray://host:port', got {addr!r}")
     _positive(p, "ray.connect_timeout_s", cfg.ray.connect_timeout_s, allow_none=False)
-    _check_proxies(cfg)
-    _check_latency(cfg)
-    _check_tracking(cfg)
-    _check_execution(cfg)
-    if cfg.storage is not None and "://" not in cfg.storage:
-        raise StudyFileError(p, "storage", f"expected an SQLAlchemy URL such as sqlite:///runs/x/study.db "
-                                            f"or postgresql://user@host/db, got {cfg.storage!r}")
 
 
 def _check_latency(cfg: StudyConfig) -> None:
@@ -563,10 +581,15 @@ def _check_latency(cfg: StudyConfig) -> None:
 
 
 def _check_execution(cfg: StudyConfig) -> None:
-    p, backend = cfg.path, cfg.execution.backend
-    if backend not in BACKENDS:
-        raise StudyFileError(p, "execution.backend", f"unknown backend {backend!r}{_did_you_mean(backend, BACKENDS)}; "
+    p, ex = cfg.path, cfg.execution
+    if ex.backend not in BACKENDS:
+        raise StudyFileError(p, "execution.backend", f"unknown backend {ex.backend!r}{_did_you_mean(ex.backend, BACKENDS)}; "
                                                      f"valid: {', '.join(BACKENDS)}")
+    if ex.backend == "simulated":
+        _check_simulated(cfg)
+    elif ex.table is not None:
+        raise StudyFileError(p, "execution.table", f"a recorded table is replayed by backend: simulated only, but "
+                                                   f"execution.backend is {ex.backend!r}; remove table or set the backend")
     if cfg.artifacts is not None:
         if not isinstance(cfg.artifacts, str) or not cfg.artifacts.strip():
             raise StudyFileError(p, "artifacts", f"expected a path or a URI such as s3://bucket/prefix, got {cfg.artifacts!r}")
@@ -580,6 +603,44 @@ def _check_execution(cfg: StudyConfig) -> None:
         raise StudyFileError(p, "artifacts", "a ray:// client driver runs on no Ray node, so trials cannot keep "
                                              "checkpoints in its run directory; set artifacts: to a location every "
                                              "node reaches (s3://bucket/prefix, or a shared path)")
+
+
+def _check_simulated(cfg: StudyConfig) -> None:
+    """What the simulated backend needs: settings it can honour (a table has no latency and no data
+    to score proxies on); the table itself is checked once paths are resolved (``_check_table``)."""
+    p, ex = cfg.path, cfg.execution
+    if not ex.table:
+        raise StudyFileError(p, "execution.table", "backend: simulated replays a recorded table; name its file "
+                                                   "(e.g. table: ../examples/nas_bench_macro/table.json.gz)")
+    if isinstance(ex.workers, bool) or not isinstance(ex.workers, int) or ex.workers < 1:
+        raise StudyFileError(p, "execution.workers", f"must be a positive integer, got {ex.workers!r}")
+    if not 0.0 <= ex.failure_rate <= 1.0:
+        raise StudyFileError(p, "execution.failure_rate", f"must lie in [0, 1], got {ex.failure_rate!r}")
+    if "latency" in cfg.objectives or cfg.constraints.max_latency_ms is not None:
+        raise StudyFileError(p, "objectives", "a recorded table holds no latency; drop latency from objectives "
+                                              "and constraints.max_latency_ms, or use a training backend")
+    if cfg.prescreen is not None or cfg.proxies.names:
+        raise StudyFileError(p, "prescreen", "zero-cost proxies score real networks on real data, which the "
+                                             "simulated backend does not load; remove prescreen: and proxies:")
+
+
+def _check_table(cfg: StudyConfig) -> None:
+    """The table loads, holds every searched family, and its curves reach the study's epochs."""
+    if cfg.execution.backend != "simulated":
+        return
+    from search.tables import TableError, load_table
+
+    try:
+        table = load_table(cfg.execution.table)
+    except TableError as e:
+        raise StudyFileError(cfg.path, "execution.table", str(e)) from None
+    missing = sorted(set(cfg.families) - table.families())
+    if missing:
+        raise StudyFileError(cfg.path, "families", f"{', '.join(missing)} not in the table {cfg.execution.table} "
+                                                   f"(it holds {', '.join(sorted(table.families()))}); search those")
+    if cfg.fidelity.epochs > table.epochs:
+        raise StudyFileError(cfg.path, "fidelity.epochs", f"is {cfg.fidelity.epochs}, but the table's curves hold "
+                                                          f"{table.epochs} epoch(s); lower it to at most {table.epochs}")
 
 
 def _check_tracking(cfg: StudyConfig) -> None:
@@ -654,6 +715,7 @@ def parse_study(raw: Any, path: str = "<memory>", base_dir: Path | None = None) 
     if base_dir is not None:
         cfg = _resolve_paths(cfg, base_dir)
     _check_sizes(cfg)
+    _check_table(cfg)
     return cfg
 
 
@@ -681,8 +743,12 @@ def _resolve_paths(cfg: StudyConfig, base_dir: Path) -> StudyConfig:
     artifacts = cfg.artifacts
     if isinstance(artifacts, str) and artifacts.strip() and "://" not in artifacts:
         artifacts = Path(_relative_to(base_dir, artifacts)).as_uri()
+    execution = cfg.execution
+    if execution.table:
+        execution = dataclasses.replace(execution, table=_relative_to(base_dir, execution.table))
     return dataclasses.replace(cfg, data=data, run_dir=_relative_to(base_dir, cfg.run_dir or f"runs/{cfg.study}"),
-                               storage=_resolve_sqlite(base_dir, cfg.storage), warm_start=warm, artifacts=artifacts)
+                               storage=_resolve_sqlite(base_dir, cfg.storage), warm_start=warm, artifacts=artifacts,
+                               execution=execution)
 
 
 def _check_sizes(cfg: StudyConfig) -> None:

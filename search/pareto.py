@@ -32,12 +32,16 @@ def objectives_of(study: optuna.Study) -> list[str]:
     return list(study.user_attrs.get("objectives", ["accuracy", "macs", "params"][: len(study.directions)]))
 
 
+def _may_join_front(status) -> bool:
+    return isinstance(status, TrialStatus) and status.may_join_front
+
+
 def front_candidates(study: optuna.Study, trials: list | None = None) -> list[FrozenTrial]:
     """Trials that may be on the front; ``trials``: the study's trials, already read (else read here)."""
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return [t for t in trials if t.state == TrialState.COMPLETE and t.values
-            and trial_status(t) in (TrialStatus.TRAINED, TrialStatus.IMPORTED)]
+            and _may_join_front(trial_status(t))]
 
 
 def dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
@@ -105,7 +109,8 @@ def hypervolume(points: list[list[float]], directions: list[str], reference: lis
     """Hypervolume of ``points`` against ``reference`` (2 or 3 objectives; directions as Optuna's).
 
     Points not strictly better than the reference in every objective add nothing. For three
-    objectives the volume is summed over slices along the first one (exact, O(n^2 log n))."""
+    objectives the volume is summed over slices along the first one, each slice's area kept up to
+    date as the points enter it (exact, O(n log n) plus the points each one removes)."""
     signs = [1.0 if d in ("maximize", "MAXIMIZE") else -1.0 for d in directions]
     # Minimise everything: a maximised objective is negated.
     pts = [tuple(-s * v for s, v in zip(signs, p)) for p in points]
@@ -116,12 +121,37 @@ def hypervolume(points: list[list[float]], directions: list[str], reference: lis
     if len(ref) != 3:
         raise ValueError(f"hypervolume of 2 or 3 objectives, got {len(ref)}")
     pts.sort()
-    volume = 0.0
+    volume, area = 0.0, 0.0
+    ys: list[float] = []  # the slice's 2-D front (both minimised): y ascending, z strictly descending
+    zs: list[float] = []
     for i, p in enumerate(pts):
+        area += _enter(ys, zs, p[1], p[2], ref[1], ref[2])
         upper = pts[i + 1][0] if i + 1 < len(pts) else ref[0]
         if upper > p[0]:
-            volume += (upper - p[0]) * _hv2([(q[1], q[2]) for q in pts[: i + 1]], (ref[1], ref[2]))
+            volume += (upper - p[0]) * area
     return volume
+
+
+def _enter(ys: list[float], zs: list[float], y: float, z: float, ref_y: float, ref_z: float) -> float:
+    """Add (y, z) to a 2-D front kept as sorted ``ys``/``zs``; returns the area it adds below the
+    reference (0 when a point already there dominates it), dropping the points it dominates."""
+    import bisect
+
+    at = bisect.bisect_right(ys, y)
+    level = zs[at - 1] if at else ref_z  # the front's height just left of y
+    if level <= z:
+        return 0.0
+    end = at
+    while end < len(ys) and zs[end] >= z:  # dominated by (y, z) from here on
+        end += 1
+    added, x = 0.0, y
+    for j in range(at, end):
+        added += (ys[j] - x) * (level - z)
+        x, level = ys[j], zs[j]
+    added += ((ys[end] if end < len(ys) else ref_y) - x) * (level - z)
+    ys[at:end] = [y]
+    zs[at:end] = [z]
+    return added
 
 
 

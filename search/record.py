@@ -24,7 +24,7 @@ from typing import Any, Optional
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["TrialStatus", "TrialRecord", "arch_key", "trial_status", "read_record", "write_record",
-           "write_pending", "pending_arch_key", "uses_budget"]
+           "write_pending", "pending_arch_key"]
 
 
 class TrialStatus(str, enum.Enum):
@@ -44,6 +44,27 @@ class TrialStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    # Every rule about which statuses count for what, stated once.
+    @property
+    def reached_result(self) -> bool:
+        """Occupied a worker to a result: trained to the study's fidelity or stopped at a rung."""
+        return self in (TrialStatus.TRAINED, TrialStatus.STOPPED)
+
+    @property
+    def settles_architecture(self) -> bool:
+        """Its architecture is never trained again in this study (a duplicate repeats its values)."""
+        return self in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.SCREENED, TrialStatus.IMPORTED)
+
+    @property
+    def has_curve(self) -> bool:
+        """Holds a learning curve at this study's fidelity (what rung tables are built from)."""
+        return self in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.IMPORTED)
+
+    @property
+    def may_join_front(self) -> bool:
+        """Trained to the full fidelity here or in a warm-start source: a candidate for the front."""
+        return self in (TrialStatus.TRAINED, TrialStatus.IMPORTED)
 
 
 _BY_VALUE = {s.value: s for s in TrialStatus}
@@ -141,13 +162,6 @@ def trial_status(trial: FrozenTrial) -> TrialStatus:
         return TrialStatus.INTERRUPTED if interrupted else TrialStatus.FAILED
     stored = trial.user_attrs.get("status", trial.state.name.lower())
     return _BY_VALUE.get(stored, stored)
-
-
-def uses_budget(trial: FrozenTrial) -> bool:
-    """Occupied a worker to an outcome: trained, stopped, or failed with no retry left."""
-    status = trial_status(trial)
-    return status in (TrialStatus.TRAINED, TrialStatus.STOPPED) or (
-        status == TrialStatus.FAILED and bool(trial.user_attrs.get("final", False)))
 
 
 def read_record(trial: FrozenTrial) -> TrialRecord:

@@ -30,8 +30,9 @@ def seed_entries(study, front, trials: list | None = None) -> list[dict]:
         trained = t
         if status == TrialStatus.DUPLICATE and rec.duplicate_of in by_number:
             trained = by_number[rec.duplicate_of]
-        values = list(trained.values) if trained.values and trial_status(trained) in (
-            TrialStatus.TRAINED, TrialStatus.IMPORTED) else None
+        status_trained = trial_status(trained)
+        values = list(trained.values) if trained.values and isinstance(status_trained, TrialStatus) \
+            and status_trained.may_join_front else None
         beaten_by = [m for m in front if values is not None and dominates(list(m.values.values()), values, signs)]
         entries.append({"name": name, "trial": t.number, "trained_in": trained.number, "family": rec.family,
                         "status": str(status), "values": dict(zip(names, values)) if values else None,

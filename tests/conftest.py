@@ -40,3 +40,11 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits at 16x16 (600 training, 200 validation images): the sweep tests' data."""
+    from studies import load_digits
+
+    return load_digits()

@@ -1,12 +1,7 @@
-"""Crash safety with real processes: a driver SIGKILLed at a chosen moment, then `run` again.
+"""Crash safety with real processes: `export` SIGKILLed midway, then run again.
 
-Each case starts a real driver process on a tiny study (stand-in trials, so the test checks the
-orchestration, not training), kills it with SIGKILL at one point of its loop through
-``EFFNAS_KILL_AT``, checks the study is in a state a dead driver can leave, and runs the driver
-again to the end. The study must then hold exactly ``n_trials`` trained trials, none RUNNING or
-WAITING, every trial trained before the kill unchanged, no architecture trained twice, and each
-of the study's two seeds trained exactly once.
-The long randomised version is ``bench/fault_injection.py``.
+A driver SIGKILLed at a chosen moment of its loop is part of every backend's contract
+(``tests/backend_contract.py``); the long randomised version is ``bench/fault_injection.py``.
 """
 from __future__ import annotations
 
@@ -19,10 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from optuna.trial import TrialState
-
-from search.record import trial_status
-from search.storage import load_existing_study
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -62,39 +53,6 @@ def run_driver(tmp_path: Path, study: Path, kill_at: str | None) -> subprocess.C
         env["EFFNAS_KILL_AT"] = kill_at
     return subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(study)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
-
-
-def snapshot(study_path: Path, tmp_path: Path) -> dict[int, tuple]:
-    study = load_existing_study(f"sqlite:///{tmp_path / 'run' / 'study.db'}", "faults")
-    return {t.number: (tuple(t.values), t.params) for t in study.get_trials() if trial_status(t) == "trained"}
-
-
-@pytest.mark.parametrize("backend", ["actors", "tune"])  # every execution backend
-@pytest.mark.parametrize("kill_at", ["asked:3", "submitted:3", "recorded:2"])
-def test_driver_killed_then_rerun_loses_nothing(tmp_path, kill_at, backend):
-    study_path = write_study(tmp_path, backend)
-    killed = run_driver(tmp_path, study_path, kill_at)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    before = snapshot(study_path, tmp_path)
-    assert len(before) < N_TRIALS
-
-    rerun = run_driver(tmp_path, study_path, None)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    study = load_existing_study(f"sqlite:///{tmp_path / 'run' / 'study.db'}", "faults")
-    trials = study.get_trials()
-    trained = [t for t in trials if trial_status(t) == "trained"]
-    assert len(trained) == N_TRIALS
-    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    after = {t.number: (tuple(t.values), t.params) for t in trained}
-    assert all(after[n] == v for n, v in before.items())  # nothing lost, nothing re-run
-    keys = [t.user_attrs["record"]["arch_key"] for t in trained]
-    assert len(keys) == len(set(keys))
-    assert sorted(t.user_attrs.get("seed") for t in trained if "seed" in t.user_attrs) == ["igcv2-c64-d8", "rsnet-1x6"]
-    # Trials the killed driver left running were failed with a reason and queued again.
-    for t in (t for t in trials if t.state == TrialState.FAIL):
-        assert "interrupted" in t.user_attrs["failure_reason"]
-        if t.params:  # killed after drawing its architecture: the same one was queued again
-            assert any(r.user_attrs.get("retry_of") == t.number and r.params == t.params for r in trials)
 
 
 def test_export_killed_midway_then_rerun_is_complete(tmp_path):

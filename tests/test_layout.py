@@ -78,3 +78,36 @@ def test_policy_record_and_feasibility_load_without_ray_or_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=SEARCH.parent)
     assert proc.returncode == 0, f"imported: {proc.stdout.strip()} {proc.stderr[-2000:]}"
+
+
+MAX_CLASS_LINES, MAX_CLASS_METHODS, MAX_FUNCTION_LINES = 300, 20, 50
+
+
+def _oversized(root: Path) -> list[str]:
+    """Classes over 300 lines or 20 methods, functions over 50 lines, in every module under ``root``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            where = f"{path.relative_to(root.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ClassDef):
+                methods = sum(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) for b in node.body)
+                if lines > MAX_CLASS_LINES or methods > MAX_CLASS_METHODS:
+                    found.append(f"class {node.name} ({where}): {lines} lines, {methods} methods")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and lines > MAX_FUNCTION_LINES:
+                found.append(f"function {node.name} ({where}): {lines} lines")
+    return found
+
+
+def test_no_class_or_function_in_search_is_oversized():
+    found = _oversized(SEARCH)
+    assert not found, "split these (a class at most 300 lines and 20 methods, a function 50 lines):\n" + "\n".join(found)
+
+
+def test_the_size_check_finds_an_oversized_function(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (pkg / "m.py").write_text(f"def long():\n{body}\n\n\nclass Small:\n    def f(self):\n        pass\n")
+    found = _oversized(pkg)
+    assert len(found) == 1 and found[0].startswith("function long")

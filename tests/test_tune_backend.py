@@ -1,10 +1,9 @@
-"""The Ray Tune backend (search.sweep.backends.tune) under the real sweep driver, on a private
-local Ray instance and a real SQLite study: the budget is trained exactly, the rung rule stops trials
-as Tune's scheduler (and a stopped trial trains no further epoch), failures come back to the policy,
-which retries them (Tune itself never does), and Tune's loggers leave TensorBoard files per trial."""
+"""What is specific to the Ray Tune backend (search.sweep.backends.tune; its contract is
+tests/test_contract_tune.py): Tune's loggers leave TensorBoard files per trial, the rung rule stops
+trials as Tune's scheduler (and a stopped trial trains no further epoch), and failures come back to
+the policy, which retries them (Tune itself never does)."""
 from __future__ import annotations
 
-import copy
 import glob
 import struct
 import sys
@@ -14,50 +13,23 @@ import pytest
 from optuna.trial import TrialState
 
 from search import testing
-from search.config import parse_study
 from search.record import trial_status
 from search.storage import load_existing_study
 from search.sweep import Sweep
-from search.sweep.backends import EpochReport, Finished, TrialSpec
-from search.sweep.backends.tune import TuneBackend
+from studies import TINY_CONDENSENET, digits_study
 
 pytestmark = pytest.mark.slow
 
-TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "layers.2": [1, 2],
-                    "growth.0": [8, 16], "growth.1": [8, 16], "growth.2": [8, 16], "bottleneck": [1, 2],
-                    "stem_channels": [8, 16], "se_start": -1, "hs_start": -1, "head_channels": 0,
-                    "dropout": 0.0, "stem_stride": 1, "last_se_reduction": 0}
-
-
 def _cfg(tmp_path, **changes):
-    raw = {
-        "study": "t", "run_dir": str(tmp_path / "run"),
-        "data": {"dataset": "digits", "val_size": 200, "train_size": 600, "image_size": 16},
-        "families": {"condensenet": {"knobs": TINY_CONDENSENET}},
-        "budget": {"n_trials": 4}, "fidelity": {"epochs": 1},
-        "sampler": {"name": "random", "seed": 0},
-        "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2},
-    }
-    raw.update(changes)
-    return parse_study(copy.deepcopy(raw), "test")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from trainers.data import DataConfig, load_data
-
-    return load_data(DataConfig(dataset="digits", val_size=200, train_size=600, image_size=16))
+    return digits_study(tmp_path, "tune", families={"condensenet": {"knobs": TINY_CONDENSENET}}, **changes)
 
 
 def _sweep(cfg, trial_fn, data) -> Sweep:
-    """A sweep on a Tune backend built here (priced by the study's own cost model)."""
-    probe = Sweep(cfg, data=data)
-    probe._load_data()
-    r = cfg.resources
-    backend = TuneBackend(r.cpus_per_trial, r.gpus_per_trial, r.max_concurrent, price_fn=probe._pricing(),
-                          trial_fn=trial_fn, where=cfg.path, storage_path=str(cfg.run_path / "tune"),
-                          name=cfg.study)
-    return Sweep(cfg, trial_fn=trial_fn, data=data, log=lambda _: None, backend=backend)
+    """A sweep whose trial function is defined in this module (pickled by value to the workers)."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    return Sweep(cfg, trial_fn=trial_fn, data=data, log=lambda _: None)
 
 
 def _trials(cfg):
@@ -81,7 +53,7 @@ def _scalars(event_file: str) -> dict[str, dict[int, float]]:
 
 def test_the_budget_is_trained_exactly_with_tensorboard_files_per_trial(tmp_path, ray_local, digits):
     # The study file names the backend: the driver builds it as `run` does.
-    cfg = _cfg(tmp_path, execution={"backend": "tune"})
+    cfg = _cfg(tmp_path)
     summary = Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     assert summary.trained == 4
     trained = [t for t in _trials(cfg) if trial_status(t) == "trained"]
@@ -118,9 +90,6 @@ def _logged_curve_trial(spec: dict, data, report) -> dict:
 
 
 def test_the_rung_rule_stops_trials_as_tunes_scheduler(tmp_path, ray_local, digits):
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     cfg = _cfg(tmp_path, budget={"n_trials": 8},
                fidelity={"epochs": 4, "asha": {"grace_period": 1, "reduction_factor": 2}},
                resources={"cpus_per_trial": 1, "max_concurrent": 1})
@@ -154,9 +123,6 @@ def _raises_then_dies(spec: dict, data, report) -> dict:
 
 
 def test_failures_are_retried_by_the_policy_not_by_tune(tmp_path, ray_local, digits):
-    import ray.cloudpickle
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cfg = _cfg(tmp_path, budget={"n_trials": 1}, retry={"max_retries": 1},
                resources={"cpus_per_trial": 1, "max_concurrent": 1})
     _sweep(cfg, _raises_then_dies, digits).run()
@@ -173,25 +139,3 @@ def test_failures_are_retried_by_the_policy_not_by_tune(tmp_path, ray_local, dig
     assert sorted(p.name for p in experiment.glob("trial_*")) == ["trial_0", "trial_1"]
     errors = (experiment / "trial_1" / "error.txt").read_text()
     assert "Failure # 1 " in errors and "Failure # 2 " not in errors
-
-
-def test_a_cancelled_trial_stops_at_its_next_epoch(tmp_path, ray_local, digits):
-    backend = TuneBackend(1, 0, 1, price_fn=lambda family, knobs: ({}, {}, {}), trial_fn=testing.slow_curve_trial,
-                          storage_path=str(tmp_path / "tune"))
-    assert backend.start(digits, None) == 1
-    try:
-        backend.submit(7, TrialSpec(number=7, family="rsnet", knobs={"a": 1}, train={"epochs": 50},
-                                    checkpoint_dir=str(tmp_path)))
-        assert backend.free_slots() == 0
-        events = []
-        while not any(isinstance(e, EpochReport) for e in events):
-            events += backend.next_events(timeout=60)
-        backend.cancel(7)
-        while not any(isinstance(e, Finished) for e in events):
-            events += backend.next_events(timeout=60)
-        (done,) = [e for e in events if isinstance(e, Finished)]
-        assert done.token == 7 and done.result["status"] == "failed" and done.result["failure_kind"] == "cancelled"
-        assert done.result["epochs"] <= 3  # the epoch under way when cancel came, at most one more
-        assert backend.free_slots() == 1
-    finally:
-        backend.close()

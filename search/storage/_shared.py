@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial
 
+from search.lineage import requeue
 from search.storage import _optuna_compat as compat
 
 __all__ = ["Heartbeat", "budget_lock", "requeue_stale_trial"]
@@ -74,10 +75,5 @@ def budget_lock(study: optuna.Study, url: str | None = None) -> Iterator[None]:
 
 
 def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """A trial whose driver stopped beating: queue its parameters again (same rule as on SQLite)."""
-    if not trial.params:
-        return
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                  "attempt": trial.user_attrs.get("attempt", 0),
-                                                  "retry_reason": "its driver stopped (no heartbeat)"},
-                        skip_if_exists=False)
+    """A trial whose driver stopped beating: queued again with its whole lineage (``search.lineage``)."""
+    requeue(study, trial, trial.user_attrs.get("attempt", 0), reason="its driver stopped (no heartbeat)")

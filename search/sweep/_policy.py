@@ -18,9 +18,9 @@ from typing import Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.record import TrialStatus, pending_arch_key, read_record, trial_status, uses_budget
+from search.record import TrialStatus, pending_arch_key, read_record, trial_status
 
-__all__ = ["Verdict", "Decision", "SweepPolicy", "budget_used"]
+__all__ = ["Verdict", "Decision", "SweepPolicy", "budget_used", "uses_budget"]
 
 
 class Verdict(enum.Enum):
@@ -34,6 +34,18 @@ class Decision:
     verdict: Verdict
     duplicate_of: int | None = None   # the trial that trained (or trains) the same architecture
     duplicate_values: list | None = None  # its objective values, which the duplicate repeats
+
+
+def counts_for_budget(status: TrialStatus, final: bool) -> bool:
+    """The budget rule: a trial counts once it occupied a worker to an outcome: trained, stopped
+    at a rung, or failed with no retry left (``final``)."""
+    if not isinstance(status, TrialStatus):  # a status a later version wrote
+        return False
+    return status.reached_result or (status == TrialStatus.FAILED and final)
+
+
+def uses_budget(trial: FrozenTrial) -> bool:
+    return counts_for_budget(trial_status(trial), bool(trial.user_attrs.get("final", False)))
 
 
 def budget_used(trials: Iterable[FrozenTrial]) -> int:
@@ -72,7 +84,7 @@ class SweepPolicy:
         self.others_running = set()
         for t in trials:
             status = trial_status(t)
-            if status in (TrialStatus.TRAINED, TrialStatus.STOPPED, TrialStatus.SCREENED, TrialStatus.IMPORTED):
+            if isinstance(status, TrialStatus) and status.settles_architecture:
                 key = read_record(t).arch_key
                 if key:
                     self.trained.setdefault(key, (t.number, list(t.values) if t.values else None))
@@ -109,11 +121,14 @@ class SweepPolicy:
         self.started.pop(key, None)
         if status == TrialStatus.SCREENED:  # proposed again later, it is not screened (or trained) again
             self.trained.setdefault(key, (number, None))
-        elif status in (TrialStatus.TRAINED, TrialStatus.STOPPED):
+        elif status.reached_result:
             self.trained[key] = (number, values)
+        if self.counts(status, will_retry):
             self.used += 1
-        elif status == TrialStatus.FAILED and not will_retry:
-            self.used += 1
+
+    def counts(self, status: TrialStatus, will_retry: bool = False) -> bool:
+        """Whether an outcome this driver applies uses the budget."""
+        return counts_for_budget(status, final=not will_retry)
 
     def will_retry(self, attempt: int, failure_kind: str | None) -> bool:
         """A failed trial is queued again unless it diverged (when such are not retried) or has had

@@ -22,6 +22,7 @@ class SweepSummary:
     wall_seconds: float = 0.0
     loop_seconds: float = 0.0       # the scheduling loop alone (no Ray start, no data loading)
     overhead_ms_per_trial: float = 0.0
+    clock_seconds: float = 0.0      # the backend's clock over the loop: simulated seconds on the simulated backend
     # perf_counter stamps of the first and last trained result: the steady-state span that
     # benchmarks compare with other tools' first-to-last-result span.
     first_result_at: float | None = None

@@ -1,9 +1,10 @@
 """What runs on a worker, whatever the backend: the default trial function and the wrapper that
-turns any trial function's outcome (or exception) into the result dict the driver records.
+turns any trial function's outcome (or exception) into the :class:`TrialOutcome` the driver applies.
 
-Trial-function contract: ``fn(spec: dict, data, report) -> dict``; ``report(metrics)`` is called
-after each epoch with at least ``epoch`` and ``val_acc`` and returns False when the rung rule stops
-the trial. Stand-ins for tests and benchmarks live in ``search.testing``.
+Trial-function contract: ``fn(spec: dict, data, report) -> TrialOutcome | dict`` (the dict keys of
+:meth:`TrialOutcome.from_result`); ``report(metrics)`` is called after each epoch with at least
+``epoch`` and ``val_acc`` and returns False when the rung rule stops the trial. Stand-ins for tests
+and benchmarks live in ``search.testing``.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import traceback
 from typing import Any, Callable
 
 from search.feasibility import latency_within
+from search.record import TrialStatus
+from search.sweep.outcome import Artifacts, TrialOutcome
 
 __all__ = ["TrialFn", "train_architecture", "run_trial"]
 
-TrialFn = Callable[[dict, Any, Callable], dict]
+TrialFn = Callable[[dict, Any, Callable], "TrialOutcome | dict"]
 
 
 def _measure_latency(spec: dict, data) -> tuple[float, dict]:
@@ -35,7 +38,7 @@ def _measure_latency(spec: dict, data) -> tuple[float, dict]:
     return measure_deploy_latency(to_deploy(model), data.image_size, data.in_channels, setup), setup.as_record()
 
 
-def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict:
+def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> TrialOutcome:
     """Default trial function: (latency check,) train, convert, evaluate one architecture; its
     checkpoints and deploy weights are kept where the spec's folder lives (``search.artifacts``)."""
     from search.artifacts import trial_artifacts
@@ -48,7 +51,7 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
     if spec.get("max_latency_ms") is not None or spec.get("measure_latency"):
         latency, setup = _measure_latency(spec, data)
         if not latency_within(latency, spec.get("max_latency_ms")):
-            return {"status": "infeasible", "latency_ms": latency, "latency_setup": setup}
+            return TrialOutcome(TrialStatus.INFEASIBLE, metrics={"latency_ms": latency, "latency_setup": setup})
 
     artifacts = trial_artifacts(spec["checkpoint_dir"])
     kept = {}
@@ -67,18 +70,15 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> dict
             kept["checkpoint"] = artifacts.store(CHECKPOINT_NAME)
     finally:
         artifacts.close()
-    return {
-        "status": "stopped" if result.stopped_early else "trained",
-        "val_acc": result.val_acc, "val_loss": result.val_loss, "test_acc": result.test_acc,
-        "epochs": result.epochs, "train_seconds": result.train_seconds,
-        "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
-        "deploy_max_abs_diff": result.deploy_max_abs_diff, "checkpoint": kept.get("checkpoint"),
-        "deploy_path": deploy_path, "resumed_from_epoch": result.resumed_from_epoch,
-        "artifacts_via": artifacts.via
-    }
+    metrics = {"val_acc": result.val_acc, "val_loss": result.val_loss, "test_acc": result.test_acc,
+               "epochs": result.epochs, "train_seconds": result.train_seconds,
+               "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
+               "deploy_max_abs_diff": result.deploy_max_abs_diff, "resumed_from_epoch": result.resumed_from_epoch}
+    return TrialOutcome(TrialStatus.STOPPED if result.stopped_early else TrialStatus.TRAINED, metrics=metrics,
+                        artifacts=Artifacts(kept.get("checkpoint"), deploy_path, artifacts.via))
 
 
-def _failure(exc: BaseException) -> dict:
+def _failure(exc: BaseException) -> TrialOutcome:
     from trainers.train import NonFiniteLossError
 
     kind = "exception"
@@ -87,13 +87,12 @@ def _failure(exc: BaseException) -> dict:
     elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         kind = "oom"
     tail = traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:]
-    return {"status": "failed", "failure_kind": kind,
-            "reason": f"{type(exc).__name__}: {exc}".strip()[:500], "traceback": "".join(tail)[-2000:]}
+    return TrialOutcome.failed(kind, f"{type(exc).__name__}: {exc}".strip()[:500], "".join(tail)[-2000:])
 
 
-def run_trial(trial_fn: TrialFn | None, spec: dict, data, goes_on: Callable[[dict], bool]) -> dict:
-    """Run one trial; its per-epoch accuracies (``curve``) and busy time (``worker_seconds``) are
-    added to the result, and an exception becomes a ``failed`` result (the worker stays usable)."""
+def run_trial(trial_fn: TrialFn | None, spec: dict, data, goes_on: Callable[[dict], bool]) -> TrialOutcome:
+    """Run one trial; its per-epoch accuracies (``curve``) and busy time are added to the outcome,
+    and an exception becomes a ``failed`` outcome (the worker stays usable)."""
     started = time.perf_counter()
     curve: list[float] = []
 
@@ -102,9 +101,7 @@ def run_trial(trial_fn: TrialFn | None, spec: dict, data, goes_on: Callable[[dic
         return goes_on(metrics)
 
     try:
-        out = (trial_fn or train_architecture)(spec, data, report)
+        out = TrialOutcome.from_result((trial_fn or train_architecture)(spec, data, report))
     except Exception as exc:  # the driver records the reason
         out = _failure(exc)
-    out["curve"] = curve
-    out["worker_seconds"] = time.perf_counter() - started
-    return out
+    return out.with_(curve=tuple(curve), busy_seconds=time.perf_counter() - started)

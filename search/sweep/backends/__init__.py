@@ -7,8 +7,12 @@ The driver (``search.sweep._driver``) talks to a backend in five verbs and never
   the backend can; the answer comes back as a :class:`Priced` event.
 - ``submit(token, spec)``: train a :class:`TrialSpec` on a free slot (``free_slots() > 0``).
 - ``next_events(timeout)``: block until something happened; returns :class:`Priced`,
-  :class:`EpochReport` and :class:`Finished` events (a finished trial frees its slot).
-- ``cancel(token)``, ``close()``.
+  :class:`EpochReport` and :class:`Finished` events (a finished trial frees its slot and carries
+  its :class:`~search.sweep.outcome.TrialOutcome`).
+- ``close()``: no more trials; trials still running are stopped.
+- ``clock()``: the backend's time in seconds (wall time; simulated time for the simulated backend).
+
+:func:`make_backend` builds the one a study file's ``execution:`` names.
 
 The rung rule (``search.asha``) is handed to the backend at start: it answers "does this trial go on
 after this epoch?" wherever the trial runs, so rung decisions never wait for the driver.
@@ -20,17 +24,20 @@ Backends:
 - ``tune`` (:mod:`search.sweep.backends.tune`): every trial a Ray Tune trial of one
   ``tune.Tuner``, whose ``Searcher`` hands out the specs ``submit`` queued, whose scheduler asks the
   rung rule, and whose callback turns results into events.
-- A simulated-clock backend replays recorded curves: ``submit`` schedules the trial's epochs on a
-  virtual clock with their recorded durations, ``next_events`` advances the clock to the next
-  event, asking the rung rule at each epoch; pricing runs inline. Sweeps of thousands of trials then
-  run in seconds, for benchmarks of the policy and the rung rule.
+- ``simulated`` (:mod:`search.sweep.backends.simulated`): no Ray and no training: each trial's
+  per-epoch accuracy and seconds come from a recorded table (``search.tables``), on a simulated
+  clock with N asynchronous workers; pricing runs inline. Thousands of trials in minutes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
-__all__ = ["TrialSpec", "Priced", "EpochReport", "Finished", "Event", "Backend"]
+if TYPE_CHECKING:
+    from search.config import StudyConfig
+    from search.sweep.outcome import TrialOutcome
+
+__all__ = ["TrialSpec", "Priced", "EpochReport", "Finished", "Event", "Backend", "make_backend"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +80,10 @@ class EpochReport:
 
 @dataclass(frozen=True)
 class Finished:
-    """A trial came back. ``result`` follows the trial-function contract (``status``, ``val_acc``,
-    ...); a worker that died yields ``status: failed`` with ``failure_kind: worker_died``."""
+    """A trial came back (a worker that died yields a ``failed`` outcome, ``failure_kind: worker_died``)."""
 
     token: int
-    result: dict = field(default_factory=dict)
+    outcome: "TrialOutcome"
 
 
 Event = Union[Priced, EpochReport, Finished]
@@ -96,6 +102,37 @@ class Backend(Protocol):
 
     def next_events(self, timeout: float | None = None) -> list[Event]: ...
 
-    def cancel(self, token: int) -> None: ...
-
     def close(self) -> None: ...
+
+    def clock(self) -> float: ...
+
+
+def make_backend(cfg: "StudyConfig", price_fn: Callable, trial_fn: Callable | None = None,
+                 clock_start: float = 0.0) -> Backend:
+    """The execution backend the study file's ``execution:`` names, with its ``resources``, ``ray``
+    and ``artifacts`` settings.
+
+    Args:
+        cfg: the validated study file.
+        price_fn: ``(family, knobs_dict) -> (cost, constraints, proxies)``, picklable (runs on a pricer).
+        trial_fn: replaces the training function on the workers (tests and benchmarks).
+        clock_start: the simulated backend's clock at start (the study's simulated seconds so far).
+    """
+    ex = cfg.execution
+    if ex.backend == "simulated":
+        from search.sweep.backends.simulated import SimulatedBackend
+
+        return SimulatedBackend.from_config(cfg, clock_start)
+    r, res = cfg.ray, cfg.resources
+    common = dict(price_fn=price_fn, trial_fn=trial_fn, where=cfg.path, ray_address=r.address,
+                  num_cpus=r.num_cpus, num_gpus=r.num_gpus, connect_timeout_s=r.connect_timeout_s,
+                  artifacts_root=None if cfg.artifacts else str((cfg.run_path / "checkpoints").resolve()),
+                  family_modules=tuple(cfg.family_modules))
+    if ex.backend == "tune":
+        from search.sweep.backends.tune import TuneBackend
+
+        return TuneBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent,
+                           storage_path=str((cfg.run_path / "tune").resolve()), name=cfg.study, **common)
+    from search.sweep.backends.actors import ActorsBackend
+
+    return ActorsBackend(res.cpus_per_trial, res.gpus_per_trial, res.max_concurrent, **common)

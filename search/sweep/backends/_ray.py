@@ -1,5 +1,7 @@
 """What every Ray-based backend shares: joining or starting the Ray instance the study file names,
-probing a cluster before joining it, counting trial slots, and placing small actors on the driver's node."""
+probing a cluster before joining it, counting trial slots, placing small actors on the driver's node,
+pricing on a pricer actor with its inline fallback, preparing a worker process, and the message for
+workers that cannot load effnas."""
 from __future__ import annotations
 
 import os
@@ -7,7 +9,72 @@ from typing import Any
 
 from search.exceptions import ResourcesError, WorkerStartError
 
-__all__ = ["check_reachable", "start_ray", "trial_slots", "on_driver_node"]
+__all__ = ["check_reachable", "start_ray", "trial_slots", "on_driver_node", "Pricing", "prepare_worker",
+           "worker_start_error", "WORKER_ENV_HINT"]
+
+# What a worker that cannot even load effnas is told to fix.
+WORKER_ENV_HINT = "effnas must be installed in the Python environment of every Ray node"
+
+
+def worker_start_error(detail: str) -> WorkerStartError:
+    return WorkerStartError(f"Ray workers could not start ({detail[:400]}); {WORKER_ENV_HINT}")
+
+
+def prepare_worker(threads: int, family_modules: tuple = ()) -> None:
+    """What a trial process does before its first trial: its CPU threads, and the study's outside
+    families (``family_modules:``) registered here too."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    if family_modules:
+        from space.registry import load_family_modules
+
+        load_family_modules(family_modules)
+
+
+class _PricerActor:
+    """Runs the cost model next to the driver (not on a trial slot: it asks for no CPU)."""
+
+    def __init__(self, price_fn, family_modules: tuple = ()):
+        prepare_worker(1, family_modules)
+        self.price_fn = price_fn
+
+    def price(self, family: str, knobs: dict):
+        return self.price_fn(family, knobs)
+
+
+class Pricing:
+    """Prices proposals on a pricer actor on the driver's node (overlapping the driver's database
+    work); once that actor fails, it prices inline, here, from then on."""
+
+    def __init__(self, price_fn, family_modules: tuple = ()):
+        self.price_fn, self.family_modules, self.actor = price_fn, family_modules, None
+
+    def start(self, ray) -> None:
+        self.actor = on_driver_node(ray.remote(num_cpus=0)(_PricerActor)).remote(self.price_fn, self.family_modules)
+
+    def remote(self, family: str, knobs: dict):
+        """A future of the price, or None when pricing runs inline."""
+        return None if self.actor is None else self.actor.price.remote(family, knobs)
+
+    def inline(self, token: int, family: str, knobs: dict):
+        from search.sweep.backends import Priced
+
+        return Priced(token, *self.price_fn(family, knobs))
+
+    def settle(self, token: int, family: str, knobs: dict, get_result):
+        """The pricer's answer as a ``Priced`` event (``get_result()`` raises if the actor died)."""
+        from ray.exceptions import RayActorError
+
+        from search.sweep.backends import Priced
+
+        try:
+            return Priced(token, *get_result())
+        except RayActorError:  # the pricer died: price here, and from now on always here
+            self.actor = None
+        except Exception:  # the cost model failed on this proposal: the same call here says why
+            pass
+        return self.inline(token, family, knobs)
 
 
 def _cluster_address(address: str) -> str | None:

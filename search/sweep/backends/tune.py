@@ -16,13 +16,13 @@ two sides meet in thread-safe queues:
   STOP or CONTINUE on each epoch's result. A function trainable blocks inside ``report`` until the
   controller has decided and asks for the next result, so a stopped trial never trains another epoch:
   its training thread stays parked in that ``report`` until Tune ends it (when the actor is reused
-  or stopped). ``cancel`` goes the same way: the trial stops at its next epoch report, not at once.
+  or stopped).
 - :class:`_Events` is a Tune ``Callback`` on the driver: per-epoch results become ``EpochReport``
   events, a completed trial a ``Finished`` event (the trial function's own result when it returned;
   for a trial the scheduler stopped, the result a stopped trial function would have returned, built
   from its reported epochs), a trial whose worker died a ``failed``/``worker_died`` one. Tune never
   retries (``FailureConfig(max_failures=0)``): the policy decides retries.
-- Pricing runs on the actors backend's pricer actor on the driver's node; its answers land on the
+- Pricing runs on the pricer actor every Ray backend shares (``_ray.Pricing``), on the driver's node; its answers land on the
   same event queue (an object ref's future callback), so ``next_events`` waits on one queue only.
 
 What Tune gives through it: its per-trial loggers (TensorBoard event files, ``progress.csv``,
@@ -51,10 +51,10 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
-from search.exceptions import WorkerStartError
-from search.sweep.backends import EpochReport, Event, Finished, Priced, TrialSpec
-from search.sweep.backends._ray import on_driver_node, start_ray, trial_slots
-from search.sweep.backends.actors import _Pricer
+from search.sweep.backends import EpochReport, Event, Finished, TrialSpec
+from search.sweep.backends._ray import Pricing, prepare_worker, start_ray, trial_slots, worker_start_error
+from search.record import TrialStatus
+from search.sweep.outcome import TrialOutcome
 from search.sweep.trial import TrialFn, run_trial
 
 __all__ = ["TuneBackend"]
@@ -88,11 +88,11 @@ def _jsonable(value: Any):
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def _trainable(config: dict, data=None, trial_fn: TrialFn | None = None, threads: int = 1, store=None) -> None:
+def _trainable(config: dict, data=None, trial_fn: TrialFn | None = None, threads: int = 1, store=None,
+               family_modules: tuple = ()) -> None:
     import ray
-    import torch
 
-    torch.set_num_threads(threads)  # the trial's CPUs; the actor may be reused with them set
+    prepare_worker(threads, family_modules)  # the trial's CPUs; the actor may be reused with them set
     if store is not None:
         from search.artifacts import bind_driver_store
 
@@ -106,10 +106,9 @@ def _trainable(config: dict, data=None, trial_fn: TrialFn | None = None, threads
         report({**_numbers(metrics), _NODE: node})
         return True
 
-    out = run_trial(trial_fn, config["spec"], data, goes_on)
-    out.update(node=node, pid=os.getpid())
+    out = run_trial(trial_fn, config["spec"], data, goes_on).with_(node=node, pid=os.getpid())
     # done: the trial ends on this result, without one more round trip to find the function returned.
-    report({_FINAL: 1, "done": True, _NODE: node, _RESULT: json.dumps(out, default=_jsonable)})
+    report({_FINAL: 1, "done": True, _NODE: node, _RESULT: json.dumps(out.to_result(), default=_jsonable)})
 
 
 # -- the Tune side (runs in the fit thread) ----------------------------------------------------
@@ -127,13 +126,6 @@ class _SpecSearcher(Searcher):
         with self._lock:
             self._queued.append((token, spec))
             self._lock.notify_all()
-
-    def withdraw(self, token: int) -> bool:
-        """Take back a spec Tune has not asked for yet."""
-        with self._lock:
-            kept = [(t, s) for t, s in self._queued if t != token]
-            found, self._queued = len(kept) < len(self._queued), kept
-            return found
 
     def finish(self) -> None:
         with self._lock:
@@ -174,15 +166,13 @@ class _SpecSearcher(Searcher):
 class _RungScheduler(FIFOScheduler):
     """FIFO, with the rung rule deciding after each epoch whether a trial goes on."""
 
-    def __init__(self, rule, cancelled: set):
+    def __init__(self, rule):
         super().__init__()
-        self.rule, self.cancelled = rule, cancelled
+        self.rule = rule
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if result.get(_FINAL):
             return TrialScheduler.CONTINUE  # the trial function has returned: let the trial end
-        if trial.config["token"] in self.cancelled:
-            return TrialScheduler.STOP
         spec = trial.config["spec"]
         if self.rule is None or not spec.get("early_stopping", True) or "epoch" not in result:
             return TrialScheduler.CONTINUE
@@ -235,21 +225,21 @@ def _is_start_failure(text: str) -> bool:
         "No module named 'space'" in text
 
 
-def _stopped_result(epochs: list[dict]) -> dict:
+def _stopped_outcome(epochs: list[dict]) -> TrialOutcome:
     """What a trial function returns for a trial stopped after ``epochs`` (its reported results)."""
     last = epochs[-1] if epochs else {}
     worker_s = float(last.get("time_total_s", 0.0))
-    return {"status": "stopped", "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
-            "epochs": last.get("epoch"), "train_seconds": float(last.get("elapsed_s", worker_s)),
-            "curve": [float(r["val_acc"]) for r in epochs if "val_acc" in r],
-            "worker_seconds": worker_s, "node": last.get(_NODE), "pid": last.get("pid")}
+    metrics = {"val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"), "epochs": last.get("epoch"),
+               "train_seconds": float(last.get("elapsed_s", worker_s))}
+    return TrialOutcome(TrialStatus.STOPPED, curve=tuple(float(r["val_acc"]) for r in epochs if "val_acc" in r),
+                        metrics=metrics, busy_seconds=worker_s, node=last.get(_NODE), pid=last.get("pid"))
 
 
 class _Events(Callback):
     """Tune's trial results, as effnas events on the driver's queue."""
 
-    def __init__(self, events: queue.Queue, cancelled: set):
-        self.events, self.cancelled = events, cancelled
+    def __init__(self, events: queue.Queue):
+        self.events = events
         self.epochs: dict[str, list[dict]] = {}  # trial id -> its per-epoch results so far
         self.live: dict[str, Any] = {}           # trial id -> its actor, while it runs
 
@@ -269,13 +259,7 @@ class _Events(Callback):
         self.live.pop(trial.trial_id, None)
         token, epochs = trial.config["token"], self.epochs.pop(trial.trial_id, [])
         last = trial.last_result or {}
-        if last.get(_FINAL):
-            out = json.loads(last[_RESULT])
-        elif token in self.cancelled:
-            out = {**_stopped_result(epochs), "status": "failed", "failure_kind": "cancelled",
-                   "reason": f"cancelled by the driver after epoch {len(epochs)}"}
-        else:
-            out = _stopped_result(epochs)
+        out = TrialOutcome.from_result(json.loads(last[_RESULT])) if last.get(_FINAL) else _stopped_outcome(epochs)
         self.events.put(Finished(token, out))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -285,11 +269,10 @@ class _Events(Callback):
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()] or ["unknown error"]
         if _is_start_failure(text):
             self.events.put(_StartFailed(lines[-1][:400]))
-        self.events.put(Finished(trial.config["token"], {
-            "status": "failed", "failure_kind": "worker_died", "reason": f"worker died: {kind}: {lines[0][:300]}"}))
+        self.events.put(Finished(trial.config["token"], TrialOutcome.worker_died(f"{kind}: {lines[0]}")))
 
     def __reduce__(self):  # pickled into tuner.pkl with the run config: the queue stays here
-        return (_Events, (None, set()))
+        return (_Events, (None,))
 
 
 def _trial_name(trial) -> str:
@@ -356,19 +339,19 @@ class TuneBackend:
                  price_fn: Callable[[str, dict], tuple], trial_fn: TrialFn | None = None,
                  where: str = "study", ray_address: str | None = None, num_cpus: int | None = None,
                  num_gpus: int | None = None, connect_timeout_s: float = 15.0, storage_path: str | None = None,
-                 name: str | None = None, artifacts_root: str | None = None):
+                 name: str | None = None, artifacts_root: str | None = None, family_modules: tuple = ()):
         self.cpus, self.gpus, self.max_concurrent = cpus_per_trial, gpus_per_trial, max_concurrent
-        self.price_fn, self.trial_fn, self.where = price_fn, trial_fn, where
+        self.trial_fn, self.where, self.family_modules = trial_fn, where, family_modules
+        self.pricing = Pricing(price_fn, family_modules)
         self.ray_address, self.num_cpus, self.num_gpus = ray_address, num_cpus, num_gpus
         self.connect_timeout_s, self.artifacts_root = connect_timeout_s, artifacts_root
         self.storage_path = str(Path(storage_path).resolve()) if storage_path else None
         self.name = name or Path(where).stem or "effnas"
         self.experiment: str | None = None    # the Tune experiment's name, once started
         self.events: queue.Queue = queue.Queue()
-        self.cancelled: set[int] = set()
         self.running: set[int] = set()        # submitted, no Finished event handed out yet
         self.slots = 0
-        self.pricer = None
+        self.started_at = time.monotonic()
         self.searcher = None
         self.stopper = None
         self.callback: _Events | None = None
@@ -380,7 +363,7 @@ class TuneBackend:
     def start(self, data, rung_rule) -> int:
         ray = start_ray(self.ray_address, self.num_cpus, self.num_gpus, self.connect_timeout_s, self.where)
         self.slots = trial_slots(ray, self.cpus, self.gpus, self.max_concurrent, self.where)
-        self.pricer = on_driver_node(ray.remote(num_cpus=0)(_Pricer)).remote(self.price_fn)
+        self.pricing.start(ray)
         tuner = self._tuner(data, rung_rule)
         self._fit = threading.Thread(target=self._run_fit, args=(tuner, _set_env(self._tune_env())),
                                      name="effnas-tune-fit", daemon=True)
@@ -412,17 +395,17 @@ class TuneBackend:
             store = start_driver_store(self.artifacts_root)
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, data=data, trial_fn=self.trial_fn, threads=max(1, int(self.cpus)),
-                                 store=store),
+                                 store=store, family_modules=self.family_modules),
             {"cpu": self.cpus, "gpu": self.gpus})
         self.searcher = _SpecSearcher()
         self.stopper = _CloseStopper()
-        self.callback = _Events(self.events, self.cancelled)
+        self.callback = _Events(self.events)
         run_config, failure_config = _config_classes()
         self.experiment = f"{self.name}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=self.searcher, scheduler=_RungScheduler(rung_rule, self.cancelled),
+                search_alg=self.searcher, scheduler=_RungScheduler(rung_rule),
                 num_samples=-1, max_concurrent_trials=self.slots, reuse_actors=True,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=run_config(
@@ -448,10 +431,10 @@ class TuneBackend:
         return self.slots - len(self.running)
 
     def price(self, token: int, family: str, knobs: dict) -> None:
-        if self.pricer is None:
-            self.events.put(Priced(token, *self.price_fn(family, knobs)))
+        ref = self.pricing.remote(family, knobs)
+        if ref is None:
+            self.events.put(self.pricing.inline(token, family, knobs))
             return
-        ref = self.pricer.price.remote(family, knobs)
         ref.future().add_done_callback(lambda f: self.events.put(_PriceDone(token, family, knobs, f)))
 
     def submit(self, token: int, spec: TrialSpec) -> None:
@@ -486,31 +469,17 @@ class TuneBackend:
     def _settle(self, event) -> Event:
         """An event from the queue as the driver gets it (on the driver's thread)."""
         if isinstance(event, _StartFailed):
-            raise WorkerStartError(f"Ray workers could not start ({event.message}); effnas must be installed "
-                                   f"in the Python environment of every Ray node")
+            raise worker_start_error(event.message)
         if isinstance(event, _PriceDone):
-            try:
-                return Priced(event.token, *event.future.result())
-            except Exception:  # the pricer died: price here, and from now on always here
-                self.pricer = None
-                return Priced(event.token, *self.price_fn(event.family, event.knobs))
+            return self.pricing.settle(event.token, event.family, event.knobs, event.future.result)
         if isinstance(event, Finished):
             self.running.discard(event.token)
-            if event.result.get("node"):
-                self.nodes.add(event.result["node"])
+            if event.outcome.node:
+                self.nodes.add(event.outcome.node)
         return event
 
-    def cancel(self, token: int) -> None:
-        """Stop a trial: one Tune has not started yet comes back at once; a running one stops at
-        its next epoch report (Tune can only stop a function trainable between results). Either way
-        it comes back as ``failed`` with ``failure_kind: cancelled``."""
-        if token not in self.running:
-            return
-        if self.searcher.withdraw(token):
-            self.events.put(Finished(token, {"status": "failed", "failure_kind": "cancelled",
-                                             "reason": "cancelled by the driver before it started"}))
-        else:
-            self.cancelled.add(token)
+    def clock(self) -> float:
+        return time.monotonic() - self.started_at
 
     def close(self, timeout_s: float = 30.0) -> None:
         """End the Tune experiment: no more trials, running ones stopped (the driver closes only

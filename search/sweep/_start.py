@@ -1,0 +1,85 @@
+"""Starting (or resuming) a sweep from what the study holds: trials a dead driver left running
+re-queued, seeds queued, the policy's tallies and the rung tables rebuilt."""
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from search.asha import Asha
+from search.config import StudyConfig
+from search.lineage import requeue
+from search.record import TrialStatus, read_record, trial_status
+from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR
+from search.storage import budget_lock
+from search.storage import _optuna_compat as compat
+from search.sweep._policy import SweepPolicy, budget_used
+from search.sweep._spec import rung_costs
+
+__all__ = ["recover", "enqueue_seeds", "rung_rule", "make_policy"]
+
+
+def recover(study: optuna.Study, shared_db: bool) -> int:
+    """Mark trials a dead driver left RUNNING as interrupted and queue them again, lineage and all.
+
+    On SQLite this driver holds the study's lock, so every RUNNING trial is orphaned. On a shared
+    database only trials whose heartbeat stopped are (Optuna's stale-trial check; the re-queue
+    happens in its callback, ``search.storage``). A trial whose retry is already queued (its driver
+    died between queueing the retry and telling the failure) is not queued twice."""
+    if shared_db:
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        optuna.storages.fail_stale_trials(study)
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    stale = [t for t in trials if t.state == TrialState.RUNNING]
+    for t in stale:
+        compat.fail_trial(study, t, {"status": TrialStatus.INTERRUPTED.value,
+                                     "failure_reason": "interrupted: the driver stopped while this trial ran"})
+        if t.number not in retried:
+            requeue(study, t, t.user_attrs.get("attempt", 0))
+    return len(stale)
+
+
+def enqueue_seeds(cfg: StudyConfig, study: optuna.Study, log: Callable[[str], None]) -> None:
+    """Queue every seed no live lineage carries yet (a seed trained, running or queued is its own
+    lineage: retries carry it on; one whose lineage ended in a final failure is not tried again).
+    Queued trials are asked before the sampler is, so the seeds are trained first."""
+    if not cfg.seeds:
+        return
+    with budget_lock(study, cfg.storage_url):  # two drivers starting together queue each seed once
+        known = {t.user_attrs.get(SEED_ATTR) for t in study.get_trials(deepcopy=False)}
+        new = [s for s in cfg.seeds if s.name not in known]
+        for seed in new:
+            study.enqueue_trial({"family": seed.family}, skip_if_exists=False,
+                                user_attrs={SEED_ATTR: seed.name, SEED_KNOBS_ATTR: seed.knobs_dict})
+    if new:
+        log(f"{len(new)} seed(s) queued to train first: {', '.join(s.name for s in new)}")
+
+
+def rung_rule(cfg: StudyConfig, study: optuna.Study) -> Asha | None:
+    """The study's rung rule, its rungs filled with the curves the study holds (seeds never meet
+    the rung rule: see ``_spec.trial_spec``)."""
+    a = cfg.fidelity.asha
+    if a is None:
+        return None
+    rank = a.rank or ("pareto" if len(cfg.objectives) > 1 else "accuracy")
+    rule = Asha(a.grace_period, a.reduction_factor, cfg.fidelity.epochs, rank=rank)
+    for t in study.get_trials(deepcopy=False):
+        status = trial_status(t)
+        if isinstance(status, TrialStatus) and status.has_curve and SEED_ATTR not in t.user_attrs:
+            rec = read_record(t)
+            rule.record_curve(rec.curve or [], rung_costs(cfg, rec.macs, rec.params))
+    return rule
+
+
+def make_policy(cfg: StudyConfig, trials: list, n_more: int | None, shared_db: bool) -> SweepPolicy:
+    """The policy of this driver, with the budget already used and the architectures already known."""
+    used = budget_used(trials)
+    target = used + n_more if n_more is not None else cfg.budget.n_trials
+    policy = SweepPolicy(target=target, used=used, max_stalls=cfg.budget.max_stalls,
+                         max_retries=cfg.retry.max_retries, retry_nonfinite=cfg.retry.retry_nonfinite,
+                         shared=shared_db)
+    policy.learn(trials)
+    return policy

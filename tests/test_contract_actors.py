@@ -1,0 +1,12 @@
+"""The backend contract (tests/backend_contract.py) on the Ray actors backend."""
+from __future__ import annotations
+
+import pytest
+
+from backend_contract import RayBackendContract
+
+pytestmark = pytest.mark.slow
+
+
+class TestActorsBackend(RayBackendContract):
+    backend = "actors"
