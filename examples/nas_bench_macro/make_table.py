@@ -45,6 +45,9 @@ def provenance(sha256: str) -> dict:
         "source_sha256": sha256,
         "license": "Apache-2.0 (LICENSE beside this table)",
         "dataset": "CIFAR-10, 32x32, 10 classes",
+        # The data shape the simulated backend prices and keys trials with (it loads no data).
+        "data": {"dataset": "cifar10", "num_classes": 10, "image_size": 32, "in_channels": 3,
+                 "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]},
         "val_acc": "each of the three independent trainings' recorded accuracy, a fraction (the source's "
                    "percent / 100, exact: CIFAR-10's 10,000 test images make it a multiple of 0.0001). It is "
                    "the best test-set accuracy over 50 epochs: the authors selected the epoch on the test set.",
