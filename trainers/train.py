@@ -21,8 +21,16 @@ second half of training, not its result (up to float rounding).
 Autotuning (``autotune``, :mod:`trainers.tune`): the first training steps alternate between NCHW
 and channels-last and training continues in the faster; at the switch the masked form is timed
 against the condensed form (in both layouts) and training switches only if that is faster.
-Neither choice changes what is computed, only how fast (results agree up to float rounding).
+Neither choice changes what is computed, only how fast, but each changes the float rounding of
+every later step, and a timing depends on how busy the machine is. So the choices made are
+recorded (``TrainResult.choices``, and in every checkpoint, so a resumed run keeps them) and a
+rerun given them (``TrainConfig.choices``) replays them without timing: the same architecture,
+data, recipe, seed and choices give the same curve, bit for bit, on a loaded machine or an idle one.
 Without ``autotune``: channels-last on CUDA only, and the switch as soon as the masks are final.
+
+Retrying a diverged run (``retry_seed_offset``): the ``n``-th retry after a non-finite loss trains
+from seed ``seed + n`` (model init, data order, augmentation), from scratch: a checkpoint that an
+earlier attempt (a smaller offset) left is not resumed, it would diverge again the same way.
 
 After the last epoch the network is converted to its deploy form, checked equal to the training
 form, and the final metrics are measured on the deploy form.
@@ -83,6 +91,15 @@ class TrainConfig:
     eval_batch_size: int = 256  # evaluation only: larger batches, same result in eval mode
     latency_device: str | None = None  # None: the training device
     check_every: int = 0  # steps between loss checks; 0: every step on CPU, every 50 on CUDA (syncs)
+    # Timed choices to replay instead of timing (an earlier run's TrainResult.choices): same numbers.
+    # Keys: "memory_format" ("contiguous" / "channels_last"), "condense" (a format, or "masked").
+    choices: dict | None = None
+    retry_seed_offset: int = 0  # diverged attempts before this one: trains from seed + this, from scratch
+
+    @property
+    def run_seed(self) -> int:
+        """The seed this run trains from (``seed``, moved on by each retry of a diverged run)."""
+        return self.seed + self.retry_seed_offset
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
@@ -109,6 +126,24 @@ class TrainConfig:
             raise ValueError(f"a step schedule needs increasing milestones in (0, 1), but got "
                              f"milestones={self.milestones!r}")
         _device(self.device)  # raises on a malformed device string
+        if isinstance(self.retry_seed_offset, bool) or not isinstance(self.retry_seed_offset, int) \
+                or self.retry_seed_offset < 0:
+            raise ValueError(f"retry_seed_offset must be an integer >= 0, but got {self.retry_seed_offset!r}")
+        if self.choices is not None:
+            _check_choices(self.choices)
+
+
+_CHOICES = {"memory_format": tuple(_FORMATS), "condense": (*_FORMATS, "masked")}
+
+
+def _check_choices(choices: Any) -> None:
+    if not isinstance(choices, dict):
+        raise ValueError(f"choices must be a dict such as TrainResult.choices, but got {choices!r}")
+    for key, value in choices.items():
+        if key not in _CHOICES:
+            raise ValueError(f"choices: unknown key {key!r}; known: {sorted(_CHOICES)}")
+        if value not in _CHOICES[key]:
+            raise ValueError(f"choices.{key} must be one of {list(_CHOICES[key])}, but got {value!r}")
 
 
 @dataclass
@@ -141,6 +176,10 @@ class TrainResult:
     memory_format: str = "contiguous"  # "contiguous" (NCHW) or "channels_last", at the end of training
     tuning: dict = field(default_factory=dict)  # autotune timings: seconds per probe step of each option
     history: list = field(default_factory=list)  # EpochReport dicts
+    # The timed choices this run took (made or replayed; TrainConfig.choices replays them): what,
+    # besides the architecture, data, recipe and seed, decides its numbers.
+    choices: dict = field(default_factory=dict)
+    seed: int = 0  # the seed it trained from (TrainConfig.run_seed)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -254,6 +293,7 @@ class _Run:
     memory_format: str = "contiguous"  # key of _FORMATS
     format_trial: FormatTrial | None = None  # memory formats still being timed
     tuning: dict = field(default_factory=dict)  # autotune timings
+    choices: dict = field(default_factory=dict)  # timed choices taken (TrainResult.choices)
     history: list = field(default_factory=list)
 
     @property
@@ -300,11 +340,23 @@ def _set_format(run: _Run, setup: _Setup, name: str) -> None:
     setup.augmenter.memory_format = _FORMATS[name]
 
 
+def _pinned(cfg: TrainConfig, key: str, options: list[str], extra: tuple = ()) -> str | None:
+    """The replayed choice ``key`` (None: none given), which the run's settings must allow."""
+    value = (cfg.choices or {}).get(key)
+    if value is not None and value not in (*options, *extra):
+        raise ValueError(f"choices.{key}={value!r} cannot be replayed: this run allows {[*options, *extra]} "
+                         f"(channels_last={cfg.channels_last}, autotune={cfg.autotune}, device={cfg.device!r})")
+    return value
+
+
 def _start_format(run: _Run, setup: _Setup) -> None:
     """Before the first step: one memory format, or a trial of the allowed ones."""
     options = _format_options(setup.cfg, setup.device)
+    pinned = _pinned(setup.cfg, "memory_format", options)
     if len(options) > 1:
-        run.format_trial = FormatTrial(options)
+        run.format_trial = FormatTrial(options, chosen=pinned)
+    else:
+        run.choices["memory_format"] = options[0]
     _set_format(run, setup, options[0])
 
 
@@ -323,6 +375,7 @@ def _record_format(run: _Run, setup: _Setup, seconds: float) -> None:
     if trial.done:
         run.tuning["memory_format"] = dict(trial.times)
         run.format_trial = None
+        run.choices["memory_format"] = trial.best()
         _set_format(run, setup, trial.best())
 
 
@@ -340,17 +393,25 @@ def _maybe_condense(run: _Run, setup: _Setup, iteration: int, changed: bool,
 
 def _condensed_format(run: _Run, setup: _Setup, deployed: nn.Module, x: torch.Tensor,
                       y: torch.Tensor) -> str | None:
-    """Memory format to train the condensed form in, or None where the masked form is faster."""
-    if not setup.cfg.autotune:
-        return run.memory_format
-    # The masked form is warm in its format; a slow single run of a condensed candidate only
-    # keeps the masked form, the safe side.
-    times = {("train", run.memory_format): time_step(run.model, x, y, run.format, setup.amp_dtype, warmup=0)}
-    for f in _format_options(setup.cfg, setup.device):
-        times[("condensed", f)] = time_step(deployed, x, y, _FORMATS[f], setup.amp_dtype, repeats=1)
-    run.tuning["condense"] = {f"{form}/{f}": t for (form, f), t in times.items()}
-    form, fmt = fastest(times)
-    return fmt if form == "condensed" else None
+    """Memory format to train the condensed form in, or None where the masked form is faster
+    (replayed from ``choices`` when given there)."""
+    options = _format_options(setup.cfg, setup.device)
+    pinned = _pinned(setup.cfg, "condense", options, extra=("masked",))
+    if pinned is not None:
+        fmt = None if pinned == "masked" else pinned
+    elif not setup.cfg.autotune:
+        fmt = run.memory_format
+    else:
+        # The masked form is warm in its format; a slow single run of a condensed candidate only
+        # keeps the masked form, the safe side.
+        times = {("train", run.memory_format): time_step(run.model, x, y, run.format, setup.amp_dtype, warmup=0)}
+        for f in options:
+            times[("condensed", f)] = time_step(deployed, x, y, _FORMATS[f], setup.amp_dtype, repeats=1)
+        run.tuning["condense"] = {f"{form}/{f}": t for (form, f), t in times.items()}
+        form, best = fastest(times)
+        fmt = best if form == "condensed" else None
+    run.choices["condense"] = fmt or "masked"
+    return fmt
 
 
 def _switch_to_condensed(run: _Run, setup: _Setup, iteration: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -423,14 +484,27 @@ def _train_epoch(run: _Run, setup: _Setup, epoch: int) -> tuple[float, float]:
 
 def _run_identity(cfg: TrainConfig, data: DataSplits, meta: dict) -> dict:
     """What must match for a checkpoint to be resumed: the architecture, recipe and data."""
-    # How the steps are computed may change between runs (same results up to float rounding).
+    # How the steps are computed may change between runs (same results up to float rounding); the
+    # choices a checkpoint holds are its own (a resumed run keeps them).
     runtime = {"device", "threads", "eval_test", "measure_latency", "eval_batch_size", "latency_device",
-               "check_every", "channels_last", "condensed_training", "autotune"}
+               "check_every", "channels_last", "condensed_training", "autotune", "choices"}
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in runtime}
+    if not cfg.retry_seed_offset:  # checkpoints written before retries moved the seed stay resumable
+        recipe.pop("retry_seed_offset")
     if cfg.schedule == "cosine":  # checkpoints written before step schedules existed stay resumable
         recipe.pop("schedule"), recipe.pop("milestones")
     shape = [data.name, len(data.train_y), len(data.val_y), data.image_size, data.in_channels, data.num_classes]
     return {"meta": meta, "recipe": recipe, "data": shape}
+
+
+def _earlier_attempt(saved: dict, current: dict) -> bool:
+    """Whether ``saved`` is the identity of the same run at an earlier attempt that diverged (a
+    smaller ``retry_seed_offset``, everything else equal)."""
+    if not isinstance(saved.get("recipe"), dict):
+        return False
+    then, now = dict(saved["recipe"]), dict(current["recipe"])
+    then_offset, now_offset = then.pop("retry_seed_offset", 0), now.pop("retry_seed_offset", 0)
+    return then_offset < now_offset and {**saved, "recipe": then} == {**current, "recipe": now}
 
 
 def _save_checkpoint(path: Path, run: _Run, setup: _Setup, identity: dict) -> None:
@@ -446,6 +520,7 @@ def _save_checkpoint(path: Path, run: _Run, setup: _Setup, identity: dict) -> No
         "memory_format": run.memory_format,
         "format_trial": run.format_trial.state() if run.format_trial is not None else None,
         "tuning": run.tuning,
+        "choices": run.choices,
         "seconds": run.seconds,
         "history": run.history,
         "model": run.model.state_dict(),
@@ -492,7 +567,10 @@ def _resume(path: Path, ckpt: dict, run: _Run, setup: _Setup) -> None:
     run.switch_iteration, run.probe_pending = ckpt["switch_iteration"], ckpt["probe_pending"]
     run.deploy_diff, run.history, run.ties = ckpt["deploy_diff"], list(ckpt["history"]), ckpt["ties"]
     run.tuning = ckpt["tuning"]
+    run.choices = dict(ckpt.get("choices") or {})  # checkpoints from before choices were kept: none known
     run.format_trial = FormatTrial(**ckpt["format_trial"]) if ckpt["format_trial"] is not None else None
+    if run.format_trial is not None and run.format_trial.chosen is None:
+        run.format_trial.chosen = _pinned(setup.cfg, "memory_format", run.format_trial.options)
     tie_gradients(run.model, run.ties)
 
 
@@ -506,10 +584,10 @@ def _prepare(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConfig)
         torch.backends.cudnn.benchmark = True
     if len(data.train_y) == 0:
         raise ValueError("the training split is empty")
-    _seed_everything(cfg.seed)
+    _seed_everything(cfg.run_seed)
     model = build().to(device)
     amp_dtype = _amp_dtype(cfg, device)
-    augmenter = Augmenter(data.mean, data.std, device, seed=cfg.seed, hflip=data.hflip)
+    augmenter = Augmenter(data.mean, data.std, device, seed=cfg.run_seed, hflip=data.hflip)
     setup = _Setup(cfg=cfg, data=data, device=device, augmenter=augmenter,
                    train_x=data.train_x.to(device), train_y=data.train_y.to(device),
                    batches=max(1, len(data.train_y) // cfg.batch_size), amp_dtype=amp_dtype,
@@ -547,6 +625,8 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
     ckpt_path = directory / CHECKPOINT_NAME if directory is not None else None
     identity = _run_identity(cfg, data, meta or {})
     ckpt = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if ckpt is not None and _earlier_attempt(ckpt.get("identity") or {}, identity):
+        ckpt = None  # a diverged attempt's: this retry starts afresh from another random state (and replaces it)
     resumed_from = None
     if ckpt is not None:
         _check_identity(ckpt_path, ckpt.get("identity") or {}, identity)
@@ -584,7 +664,7 @@ def train_model(build: Callable[[], nn.Module], data: DataSplits, cfg: TrainConf
         checkpoint_path=str(ckpt_path) if ckpt_path is not None else None, stopped_early=stopped,
         test_loss=final.get("test_loss"), deploy_path=final.get("deploy_path"),
         condensed_at=condensed_at, memory_format=run.memory_format, tuning=run.tuning, history=run.history,
-        resumed_from_epoch=resumed_from,
+        resumed_from_epoch=resumed_from, choices=dict(run.choices), seed=cfg.run_seed,
     )
 
 

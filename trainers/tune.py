@@ -21,6 +21,14 @@ trainer times the candidates, wasting as little work as it can:
   statistics and every random stream are untouched.
 
 Timings keep the fastest of repeated runs: a busy shared machine only ever adds time.
+
+The options compute the same function but not the same float rounding (another kernel, another
+summation order), so which one was taken shows in the last digits of every later step. The
+choices are therefore recorded (``TrainResult.choices``, and in every checkpoint) and can be
+replayed (``TrainConfig.choices``): a rerun given an earlier run's choices takes them without
+timing anything and computes the same numbers, however loaded the machine is. A replayed format
+trial still alternates the formats over the same first steps (so those steps are computed as
+before) but keeps the given format instead of the faster one.
 """
 from __future__ import annotations
 
@@ -83,6 +91,7 @@ class FormatTrial:
     rounds: int = 2
     step: int = 0
     times: dict = field(default_factory=dict)
+    chosen: str | None = None  # replayed: kept whatever the timings say
 
     def current(self) -> str | None:
         schedule = self.options * (self.rounds + 1)
@@ -99,6 +108,8 @@ class FormatTrial:
         return self.current() is None
 
     def best(self) -> str:
+        if self.chosen is not None:
+            return self.chosen
         return fastest(self.times) if self.times else self.options[0]
 
     def state(self) -> dict:
