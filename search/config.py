@@ -73,6 +73,7 @@ class BudgetSection:
     n_trials: int = 20                    # architectures to train (infeasible/duplicate ones are free)
     time_limit_s: Optional[float] = None  # stop launching trials after this many seconds
     max_stalls: int = 500                 # consecutive samples that train nothing before giving up
+    max_trials: Optional[int] = None      # the study's trials of every status (asks); a space smaller than n_trials ends here
 
 
 @dataclass(frozen=True)
@@ -526,6 +527,7 @@ def _check_search(cfg: StudyConfig) -> None:
     _positive(p, "budget.n_trials", cfg.budget.n_trials, allow_none=False)
     _positive(p, "budget.time_limit_s", cfg.budget.time_limit_s)
     _positive(p, "budget.max_stalls", cfg.budget.max_stalls, allow_none=False)
+    _positive(p, "budget.max_trials", cfg.budget.max_trials)
     _positive(p, "fidelity.epochs", cfg.fidelity.epochs, allow_none=False)
     if cfg.fidelity.asha:
         a = cfg.fidelity.asha

@@ -64,6 +64,8 @@ class SweepPolicy:
         max_retries: retries of a failed trial.
         retry_nonfinite: whether a diverged trial (non-finite loss) is retried.
         shared: several drivers may write the study (a server database).
+        max_trials: a cap on the study's trials of every status (``budget.max_trials``).
+        asked: the study's trials when this driver started (counted on at every ask).
     """
 
     target: int
@@ -72,6 +74,8 @@ class SweepPolicy:
     max_retries: int = 1
     retry_nonfinite: bool = False
     shared: bool = False
+    max_trials: int | None = None
+    asked: int = 0
     stalls: int = 0
     # arch_key -> (trial, objective values) of architectures trained, stopped or screened: never again
     trained: dict[str, tuple[int, list | None]] = field(default_factory=dict)
@@ -139,14 +143,18 @@ class SweepPolicy:
     # -- the budget -------------------------------------------------------------------------------
     def budget_left(self, under_way: int) -> int:
         """Architectures still to ask for by a single driver: its own tally is exact."""
-        return self.target - self.used - under_way
+        return min(self.target - self.used - under_way, self.asks_left())
+
+    def asks_left(self) -> int:
+        return self.max_trials - self.asked if self.max_trials is not None else 1 << 62
 
     def budget_left_shared(self, trials: list[FrozenTrial]) -> int:
         """With other drivers, recounted from the study: every RUNNING trial counts, whether it is
         being priced or trained (the rule ``is_surplus`` applies, so a driver never asks for a
         trial it would then have to release)."""
         running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-        return self.target - budget_used(trials) - running
+        asks_left = self.max_trials - len(trials) if self.max_trials is not None else 1 << 62
+        return min(self.target - budget_used(trials) - running, asks_left)
 
     def is_surplus(self, number: int, trials: list[FrozenTrial]) -> bool:
         """Trial numbers are handed out in order: trial ``number`` may train only if fewer than

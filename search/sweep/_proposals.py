@@ -51,6 +51,7 @@ class Proposals:
             trial = self._ask()
             if trial is None:
                 return
+            s.policy.asked += 1
             faults.checkpoint("asked")
             if s.shared_db and s.policy.is_surplus(trial.number, s.study.get_trials(deepcopy=False)):
                 trial.set_user_attr("status", TrialStatus.SURPLUS.value)

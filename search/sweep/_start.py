@@ -80,6 +80,7 @@ def make_policy(cfg: StudyConfig, trials: list, n_more: int | None, shared_db: b
     target = used + n_more if n_more is not None else cfg.budget.n_trials
     policy = SweepPolicy(target=target, used=used, max_stalls=cfg.budget.max_stalls,
                          max_retries=cfg.retry.max_retries, retry_nonfinite=cfg.retry.retry_nonfinite,
-                         shared=shared_db)
+                         shared=shared_db, max_trials=cfg.budget.max_trials,
+                         asked=sum(1 for t in trials if t.state != TrialState.WAITING))
     policy.learn(trials)
     return policy

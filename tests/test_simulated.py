@@ -1,0 +1,119 @@
+"""What is specific to the simulated backend (its contract is tests/test_contract_simulated.py): a
+sweep is a function of its seed, the clock orders events by simulated time and continues across a
+resume, records say they were simulated, bad tables and proposals the table lacks are one error
+each, and ``budget.max_trials`` ends a sweep whose space is smaller than its budget."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from search.exceptions import StudyFileError, TableError
+from search.record import read_record, trial_status
+from search.sweep import Sweep
+from search.sweep.backends import EpochReport, Finished, TrialSpec
+from search.sweep.backends.simulated import SimulatedBackend
+from search.tables import TableEntry, load_table, write_table
+from studies import NBM_TABLE, simulated_study, trials_of
+
+
+def _run(cfg, n_more=None):
+    return Sweep(cfg, n_more=n_more, log=lambda _: None).run()
+
+
+def _values(cfg) -> list:
+    return [(t.number, trial_status(t), t.params, t.values) for t in trials_of(cfg)]
+
+
+def test_a_sweep_is_a_function_of_its_seeds(tmp_path):
+    changes = {"budget": {"n_trials": 40, "max_stalls": 500}, "sampler": {"name": "tpe", "seed": 3},
+               "execution__workers": 3, "execution__seed": 5}
+    a = simulated_study(tmp_path / "a", **changes)
+    b = simulated_study(tmp_path / "b", **changes)
+    _run(a)
+    _run(b)
+    assert _values(a) == _values(b)
+    c = simulated_study(tmp_path / "c", **{**changes, "execution__seed": 6})
+    _run(c)
+    assert [v[3] for v in _values(c)] != [v[3] for v in _values(a)]  # other recorded runs drawn
+
+
+def test_records_carry_simulated_time_and_the_clock_goes_on_after_a_resume(tmp_path):
+    cfg = simulated_study(tmp_path, budget={"n_trials": 8}, execution__workers=2)
+    first = _run(cfg)
+    recs = [read_record(t) for t in trials_of(cfg) if trial_status(t) == "trained"]
+    assert all(r.extra["simulated"] is True and r.extra["sim_end"] > r.extra["sim_start"] for r in recs)
+    # Two workers: at most two trials overlap at any simulated moment.
+    for r in recs:  # at each start, r and at most one other are running
+        at = r.extra["sim_start"]
+        assert sum(1 for o in recs if o.extra["sim_start"] <= at < o.extra["sim_end"]) <= 2
+    end = max(r.extra["sim_end"] for r in recs)
+    assert first.clock_seconds == pytest.approx(end)
+    _run(cfg, n_more=2)
+    later = [read_record(t) for t in trials_of(cfg)[len(recs):] if trial_status(t) == "trained"]
+    assert later and min(r.extra["sim_start"] for r in later) >= end
+
+
+def test_the_clock_orders_events_by_simulated_time(tmp_path):
+    table = load_table(NBM_TABLE)
+    fast, slow = sorted(table.entries[:50], key=lambda e: e.seconds)[::49]
+    backend = SimulatedBackend(table, workers=2, seed=0, cost_constraints=lambda c: {}, epochs=1)
+    backend.start(None, None)
+    for token, entry in ((1, slow), (2, fast)):
+        backend.submit(token, TrialSpec(number=token, family=entry.family, knobs=entry.knobs, train={},
+                                        checkpoint_dir=""))
+    order = [e for _ in range(2) for e in backend.next_events() if isinstance(e, Finished)]
+    assert [e.token for e in order] == [2, 1]
+    assert backend.clock() == pytest.approx(slow.seconds)
+    assert order[0].outcome.busy_seconds == pytest.approx(fast.seconds)
+
+
+def test_max_trials_ends_a_sweep_whose_space_is_smaller_than_its_budget(tmp_path):
+    one = {"families": {"nas_bench_macro": {"knobs": {f"layer.{i}": 1 for i in range(8)}}}}
+    cfg = simulated_study(tmp_path, budget={"n_trials": 5, "max_trials": 4, "max_stalls": 100}, **one)
+    summary = _run(cfg)
+    assert summary.trained == 1 and summary.duplicate == 3 and len(trials_of(cfg)) == 4
+
+
+def _bad_table(tmp_path, mutate) -> str:
+    raw = json.loads(gzip.decompress(NBM_TABLE.read_bytes()))
+    raw["architectures"] = raw["architectures"][:20]
+    mutate(raw)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda raw: raw.pop("epochs"), "epochs"),
+    (lambda raw: raw["architectures"][3].update(val_acc=[[1.5]]), "[0, 1]"),
+    (lambda raw: raw["architectures"][3].update(epoch_seconds=[0]), "positive"),
+    (lambda raw: raw["provenance"].pop("data"), "provenance.data"),
+])
+def test_a_bad_table_is_one_error_naming_the_file(tmp_path, mutate, message):
+    path = _bad_table(tmp_path, mutate)
+    with pytest.raises((StudyFileError, TableError), match="bad.json") as info:
+        cfg = simulated_study(tmp_path, execution__table=path)
+        Sweep(cfg, log=lambda _: None).preflight()
+    assert message in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_table_and_missing_families_are_refused_when_the_study_is_read(tmp_path):
+    with pytest.raises(StudyFileError, match="execution.table.*no such table"):
+        simulated_study(tmp_path, execution__table=str(tmp_path / "absent.json.gz"))
+    with pytest.raises(StudyFileError, match="execution.table.*name its file"):
+        simulated_study(tmp_path, execution__table=None)
+    with pytest.raises(StudyFileError, match="fidelity.epochs.*1 epoch"):
+        simulated_study(tmp_path, fidelity={"epochs": 4})
+
+
+def test_a_proposal_the_table_lacks_stops_the_sweep_with_one_error(tmp_path):
+    table = load_table(NBM_TABLE)
+    kept = [e for e in table.entries if e.knobs["layer"][0] != 2]  # architectures with layer 0 = 2 are absent
+    small = write_table(tmp_path / "small.json.gz", name="part", epochs=1, provenance=dict(table.provenance),
+                        entries=[TableEntry(e.family, e.knobs, e.params, e.macs, e.runs, e.epoch_seconds) for e in kept])
+    cfg = simulated_study(tmp_path, execution__table=str(small), budget={"n_trials": 30})
+    with pytest.raises(TableError, match="holds no nas_bench_macro architecture"):
+        _run(cfg)
