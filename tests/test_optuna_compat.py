@@ -101,3 +101,43 @@ def test_constraints_reach_the_sampler(tmp_path):
             f"{_CONSTRAINTS_KEY}:max_macs": 0.5, f"{_CONSTRAINTS_KEY}:max_params": -0.2}
     else:  # older Optuna: samplers read the record's `constraints` attribute through constraints_func
         assert stored.system_attrs == {}
+
+
+def test_the_single_writer_cache_reads_what_a_fresh_reader_reads(tmp_path, force_public):
+    """Trials written in every way the driver writes them (asked, queued, parameters in one write,
+    attributes, constraints, told, failed), read back through the driver's cache after each step,
+    equal a fresh reader's view, and a trial is read again only after it was written."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cached = compat.single_writer_cache(open_storage(url, create=True))
+    assert isinstance(cached, compat.SingleWriterCache) != force_public
+    study = optuna.create_study(storage=cached, directions=["maximize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=5), study_name="s")
+    cfg = parse_study({"study": "s", "families": {"igcv2": {}}}, "t")
+
+    def same_as_fresh():
+        fresh = optuna.load_study(study_name="s", storage=url).get_trials(deepcopy=False)
+        mine = study.get_trials(deepcopy=False)
+        assert [(t.number, t.state, t.params, t.user_attrs, t.system_attrs, t.values) for t in mine] == \
+               [(t.number, t.state, t.params, t.user_attrs, t.system_attrs, t.values) for t in fresh]
+
+    running = [study.ask() for _ in range(3)]
+    for t in running:
+        with compat.params_in_one_write(t):
+            draw(t, family_spaces(cfg))
+        same_as_fresh()
+    running[0].set_user_attr("record_pending", {"arch_key": "a"})
+    compat.set_constraints(running[0], {"max_macs": -0.5})
+    same_as_fresh()
+    study.tell(running[0], [0.5, 3.0])
+    study.enqueue_trial(running[1].params, user_attrs={"retry_of": running[1].number})
+    compat.fail_trial(study, study.get_trials(deepcopy=False)[1], {"status": "interrupted"})
+    same_as_fresh()
+    queued = study.ask()
+    assert study.get_trials(deepcopy=False)[queued.number].state == TrialState.RUNNING
+    same_as_fresh()
+    if not force_public:  # nothing written since: the next read fetches no trial again
+        backend_reads = []
+        original = cached._backend._get_trials
+        cached._backend._get_trials = lambda *a, **k: backend_reads.append(a) or original(*a, **k)
+        study.get_trials(deepcopy=False)
+        assert [r[2] for r in backend_reads] == [set()]

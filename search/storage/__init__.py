@@ -174,19 +174,23 @@ def check_existing_database(cfg: StudyConfig) -> None:
 
 
 def open_study(cfg: StudyConfig, create: bool = True,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+               sampler: optuna.samplers.BaseSampler | None = None, single_writer: bool = False) -> optuna.Study:
     """Create or load the study named in ``cfg`` and check its objectives match the file's.
 
     Args:
         cfg: the study file.
         create: create the database if it does not exist.
         sampler: the study's sampler when the caller has built it already (else built here).
+        single_writer: this process alone writes the study (the driver of an SQLite study, holding
+            its lock): its cache then reads a trial again only after writing to it.
     """
     try:
         storage = open_storage(cfg.storage_url, create=create)
     except StorageError as e:
         raise StorageError(f"{cfg.path}: storage: {e}") from e
     names = [s.study_name for s in storage.get_all_studies()]
+    if single_writer and sqlite_path(cfg.storage_url) is not None:
+        storage = compat.single_writer_cache(storage)
     if names and cfg.study not in names and sqlite_path(cfg.storage_url) is not None:
         raise _other_study_error(cfg, names)
     try:

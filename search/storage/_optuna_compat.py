@@ -16,6 +16,9 @@ What Optuna's public API cannot do, and where effnas reaches inside:
   ``Study.tell`` by number.
 - ``stale_trial_callback_kwargs``: the RDBStorage argument renamed in Optuna 4.9 (public either way,
   found by signature).
+- ``single_writer_cache``: a cache that reads an unfinished trial again only after this process
+  wrote to it, for the driver of an SQLite study (``_CachedStorage`` internals,
+  ``RDBStorage._get_trials``). Fallback: Optuna's own cache (same trials, slower with many in flight).
 
 A future Optuna that renames a private piece only loses speed where a fallback exists; the two
 without one would fail loudly in ``tests/test_optuna_compat.py``. That file runs every function
@@ -31,9 +34,14 @@ from typing import Any, Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+try:  # private: the cached RDB storage a single-writer cache builds on (see SingleWriterCache)
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+except ImportError:  # pragma: no cover - an Optuna without it keeps its own cache
+    _CachedStorage, _StudyInfo = None, None
+
 __all__ = ["storage_of", "trial_id", "rdb_engine", "register_engine", "params_in_one_write", "set_constraints",
            "stale_trial_callback_kwargs", "heartbeat_interval", "record_heartbeat", "fail_trial",
-           "NATIVE_CONSTRAINTS"]
+           "NATIVE_CONSTRAINTS", "single_writer_cache"]
 
 FORCE_PUBLIC = False
 
@@ -138,6 +146,8 @@ def _write_params(storage, params: list[tuple]) -> None:
                 session.execute(sqlalchemy.insert(models.TrialParamModel), rows)
         for _, name, _, distribution in params:
             known.setdefault(name, distribution)
+    if hasattr(storage, "wrote"):  # a single-writer cache re-reads the trial it did not see written
+        storage.wrote(trial_id_)
 
 
 @contextlib.contextmanager
@@ -157,6 +167,87 @@ def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
     finally:
         trial.storage = storage
         _write_params(storage, buffer.params)
+
+
+# --- one writer's cache ----------------------------------------------------------------------------
+
+class SingleWriterCache(_CachedStorage or object):
+    """Optuna's cached RDB storage for a study that only this process writes (SQLite under the
+    driver's lock): an unfinished trial is read again only after this process wrote to it.
+
+    Optuna's own cache cannot know who else writes, so every ``get_all_trials`` (every ``ask``, two
+    or three per sampler call) reads every unfinished trial again: with 64 trials in flight that was
+    most of the driver's time at thousands of trials (``bench/simulated_scale.py``). Every write goes
+    through the setters below, or through ``_write_params``, and marks its trial.
+    Private: ``_CachedStorage`` and its ``_studies``, ``_lock``, ``_add_trials_to_cache``,
+    ``RDBStorage._get_trials``. Fallback: Optuna's cache (``open_study`` uses this only when the
+    private names are there)."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self._dirty: set[int] = set()
+        self._seen: dict[int, int] = {}  # study id -> highest trial id read
+
+    def wrote(self, trial_id: int) -> None:
+        with self._lock:
+            self._dirty.add(trial_id)
+
+    def create_new_trial(self, study_id, template_trial=None):
+        trial_id = super().create_new_trial(study_id, template_trial)
+        self.wrote(trial_id)
+        return trial_id
+
+    def set_trial_param(self, trial_id, *args, **kwargs):
+        super().set_trial_param(trial_id, *args, **kwargs)
+        self.wrote(trial_id)
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        finally:
+            self.wrote(trial_id)
+
+    def set_trial_intermediate_value(self, trial_id, step, intermediate_value):
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        self.wrote(trial_id)
+
+    def set_trial_user_attr(self, trial_id, key, value):
+        super().set_trial_user_attr(trial_id, key, value)
+        self.wrote(trial_id)
+
+    def set_trial_system_attr(self, trial_id, key, value):
+        super().set_trial_system_attr(trial_id, key, value)
+        self.wrote(trial_id)
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        with self._lock:
+            if study_id not in self._studies:
+                self._studies[study_id] = _StudyInfo()
+            study, seen = self._studies[study_id], self._seen.get(study_id, -1)
+            again = {t for t in self._dirty if t <= seen}
+            trials = self._backend._get_trials(study_id, states=None, included_trial_ids=again,
+                                               trial_id_greater_than=seen)
+            self._dirty -= again | {t._trial_id for t in trials}
+            if not trials:
+                return
+            self._add_trials_to_cache(study_id, trials)
+            for trial in trials:
+                self._seen[study_id] = max(self._seen.get(study_id, -1), trial._trial_id)
+                if trial.state.is_finished():
+                    study.unfinished_trial_ids.discard(trial._trial_id)
+                    study.last_finished_trial_id = max(study.last_finished_trial_id, trial._trial_id)
+                else:
+                    study.unfinished_trial_ids.add(trial._trial_id)
+
+
+def single_writer_cache(storage):
+    """``storage`` (an ``RDBStorage``) behind a :class:`SingleWriterCache`, or as it is when this
+    Optuna lacks what the cache relies on (Optuna then wraps it in its own cache)."""
+    needed = _CachedStorage is not None and all(
+        hasattr(_CachedStorage, n) for n in ("_read_trials_from_remote_storage", "_add_trials_to_cache"))
+    if FORCE_PUBLIC or not needed or not hasattr(storage, "_get_trials"):
+        return storage
+    return SingleWriterCache(storage)
 
 
 # --- constraints, heartbeats, stale trials --------------------------------------------------------

@@ -119,7 +119,7 @@ class Sweep:
     def _open(self):
         """The study, trials a dead driver left re-queued, warm-start imports, this driver's policy
         and state, and the seeds queued."""
-        study = open_study(self.cfg, sampler=self.sampler)
+        study = open_study(self.cfg, sampler=self.sampler, single_writer=not self.shared_db)
         held = len(study.get_trials(deepcopy=False))
         if held:  # a resumed study: not the first run's draws again (see make_sampler)
             study.sampler = make_sampler(self.cfg, resumed_at=held)
