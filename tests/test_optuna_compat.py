@@ -138,6 +138,6 @@ def test_the_single_writer_cache_reads_what_a_fresh_reader_reads(tmp_path, force
     if not force_public:  # nothing written since: the next read fetches no trial again
         backend_reads = []
         original = cached._backend._get_trials
-        cached._backend._get_trials = lambda *a, **k: backend_reads.append(a) or original(*a, **k)
+        cached._backend._get_trials = lambda *a, **k: backend_reads.append(k) or original(*a, **k)
         study.get_trials(deepcopy=False)
-        assert [r[2] for r in backend_reads] == [set()]
+        assert [r["included_trial_ids"] for r in backend_reads] == [set()]
