@@ -60,6 +60,7 @@ class _Trial:
     spec: TrialSpec
     entry: TableEntry
     curve: tuple            # the drawn run, cut at the study's epochs
+    run: int                # which recorded run
     started: float
     fails_at: int | None    # the epoch whose end it fails at (failure_rate), else None
     epoch: int = 0          # epochs done
@@ -116,9 +117,9 @@ class SimulatedBackend:
     def submit(self, token: int, spec: TrialSpec) -> None:
         entry = self._entry(spec.family, spec.knobs)
         rng = random.Random(f"{self.seed}:{spec.number}")
-        run = entry.runs[rng.randrange(len(entry.runs))][:self.epochs]
+        run = rng.randrange(len(entry.runs))
         fails_at = rng.randint(1, self.epochs) if rng.random() < self.failure_rate else None
-        trial = _Trial(token, spec, entry, run, self.now, fails_at)
+        trial = _Trial(token, spec, entry, entry.runs[run][:self.epochs], run, self.now, fails_at)
         self.running[token] = trial
         heapq.heappush(self.queue, (self.now + entry.epoch_seconds[0], next(self.order), token))
 
@@ -164,7 +165,8 @@ class SimulatedBackend:
         del self.running[t.token]
         return Finished(t.token, outcome.with_(
             curve=t.curve[:t.epoch], busy_seconds=self.now - t.started, node="simulated",
-            extra={**outcome.extra, "simulated": True, "sim_start": t.started, "sim_end": self.now}))
+            extra={**outcome.extra, "simulated": True, "sim_run": t.run, "sim_start": t.started,
+                   "sim_end": self.now}))
 
     def _entry(self, family: str, knobs: dict) -> TableEntry:
         entry = self.table.lookup(family, knobs)
