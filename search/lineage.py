@@ -14,10 +14,11 @@ from optuna.trial import FrozenTrial
 
 from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR
 
-__all__ = ["LINEAGE_ATTRS", "PRESCREEN_KEPT_ATTR", "requeue", "requeue_params"]
+__all__ = ["LINEAGE_ATTRS", "PRESCREEN_KEPT_ATTR", "NONFINITE_RETRIES_ATTR", "requeue", "requeue_params"]
 
 PRESCREEN_KEPT_ATTR = "prescreen_kept"   # user attribute: pre-screening chose this trial to train
-LINEAGE_ATTRS = (SEED_ATTR, SEED_KNOBS_ATTR, PRESCREEN_KEPT_ATTR)  # carried over to every re-queued copy
+NONFINITE_RETRIES_ATTR = "nonfinite_retries"  # user attribute: diverged attempts before this one
+LINEAGE_ATTRS = (SEED_ATTR, SEED_KNOBS_ATTR, PRESCREEN_KEPT_ATTR, NONFINITE_RETRIES_ATTR)  # carried to every copy
 
 
 def requeue_params(trial: FrozenTrial) -> dict | None:
@@ -29,9 +30,12 @@ def requeue_params(trial: FrozenTrial) -> dict | None:
     return dict(fixed) if fixed else None
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial, attempt: int, reason: str | None = None) -> bool:
+def requeue(study: optuna.Study, trial: FrozenTrial, attempt: int, reason: str | None = None,
+            diverged: bool = False) -> bool:
     """Queue ``trial`` again as attempt ``attempt`` of the same proposal; False when it drew nothing
-    and carries no lineage (a plain sampler trial killed before its first draw: nothing is lost)."""
+    and carries no lineage (a plain sampler trial killed before its first draw: nothing is lost).
+    ``diverged``: it failed with a non-finite loss; the copy trains from another random state
+    (``trainers.train.TrainConfig.retry_seed_offset``), where a crash's retry resumes the same one."""
     params = requeue_params(trial)
     if params is None:
         return False
@@ -41,5 +45,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial, attempt: int, reason: str |
     for key in LINEAGE_ATTRS:
         if key in trial.user_attrs:
             attrs[key] = trial.user_attrs[key]
+    if diverged:
+        attrs[NONFINITE_RETRIES_ATTR] = trial.user_attrs.get(NONFINITE_RETRIES_ATTR, 0) + 1
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
     return True

@@ -122,3 +122,35 @@ def test_a_trial_asked_after_the_budget_was_taken_is_surplus():
     assert policy.stalls == 1
     # An infeasible trial ahead takes no slot: with a budget of 3, trial 3 may still train.
     assert not SweepPolicy(target=3, shared=True).is_surplus(3, trials)
+
+
+def test_rung_tables_rebuilt_after_a_resume_hold_one_whole_curve_per_lineage(tmp_path):
+    """A trial that failed after two epochs and its retry, resumed from the epoch-2 checkpoint and
+    trained to the end, fill the rungs once with the whole curve, as the live rule saw them; a
+    plain trial counts as itself; an imported trial's curve counts too."""
+    import optuna
+
+    from search.config import parse_study
+    from search.record import TrialRecord, TrialStatus, write_record
+    from search.sweep._start import rung_rule
+
+    cfg = parse_study({"study": "s", "families": {"igcv2": {}}, "fidelity": {"epochs": 4, "asha": {
+        "grace_period": 1, "reduction_factor": 2}}}, "t")
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+
+    def add(status, curve, macs, **attrs):
+        t = study.ask()
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+        write_record(t, status, TrialRecord(family="igcv2", curve=curve, macs=macs, params=10))
+        study.tell(t, state=optuna.trial.TrialState.FAIL if status == TrialStatus.FAILED else optuna.trial.TrialState.PRUNED)
+        return t.number
+
+    first = add(TrialStatus.FAILED, [0.2, 0.3], 100)
+    add(TrialStatus.TRAINED, [0.2, 0.3, 0.4, 0.5], 100, retry_of=first, attempt=1)
+    add(TrialStatus.STOPPED, [0.1], 200)
+    add(TrialStatus.FAILED, [0.15, 0.25], 300)  # failed for good: its two epochs met the rule
+    rule = rung_rule(cfg, study)
+    assert sorted(rule.rungs[1]) == [(0.1, (200, 10)), (0.15, (300, 10)), (0.2, (100, 10))]
+    assert sorted(rule.rungs[2]) == [(0.25, (300, 10)), (0.3, (100, 10))]
+    assert set(rule.rungs) == {1, 2}  # the last epoch is no rung

@@ -126,7 +126,7 @@ class Outcomes:
         rec = rec.with_outcome(final=not will_retry)
         write_record(p.trial, TrialStatus.FAILED, rec)
         if will_retry:
-            requeue(s.study, p.trial, attempt + 1)
+            requeue(s.study, p.trial, attempt + 1, diverged=rec.failure_kind == "nonfinite")
             faults.checkpoint("retry_queued")
         s.study.tell(p.trial, state=TrialState.FAIL)
         s.summary.failed += 1

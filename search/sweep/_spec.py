@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from search.config import StudyConfig
+from search.lineage import NONFINITE_RETRIES_ATTR
 from search.seeds import SEED_ATTR
 from search.sweep.backends import TrialSpec
 
@@ -51,8 +52,11 @@ def artifact_folder(cfg: StudyConfig, key: str) -> str:
 def trial_spec(cfg: StudyConfig, proposal, cost: dict) -> TrialSpec:
     """The spec of ``proposal`` (a ``search.proposal.Proposal``) priced at ``cost``."""
     use_gpu = cfg.resources.gpus_per_trial > 0
-    return TrialSpec(number=proposal.number, family=proposal.family, knobs=proposal.knobs_dict,
-                     train=train_settings(cfg, proposal.family),
+    train = train_settings(cfg, proposal.family)
+    diverged = proposal.trial.user_attrs.get(NONFINITE_RETRIES_ATTR, 0)
+    if diverged:  # a diverged configuration's retry starts afresh from another random state
+        train["retry_seed_offset"] = diverged
+    return TrialSpec(number=proposal.number, family=proposal.family, knobs=proposal.knobs_dict, train=train,
                      rung_costs=rung_costs(cfg, cost["macs"], cost["params"]),
                      checkpoint_dir=artifact_folder(cfg, proposal.key),
                      max_latency_ms=cfg.constraints.max_latency_ms,

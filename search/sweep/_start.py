@@ -59,19 +59,36 @@ def enqueue_seeds(cfg: StudyConfig, study: optuna.Study, log: Callable[[str], No
 
 
 def rung_rule(cfg: StudyConfig, study: optuna.Study) -> Asha | None:
-    """The study's rung rule, its rungs filled with the curves the study holds (seeds never meet
-    the rung rule: see ``_spec.trial_spec``)."""
+    """The study's rung rule, its rungs filled as a sweep that never stopped would have filled them:
+    one curve per lineage (a trial and its retries), the longest any attempt recorded, failed
+    attempts included (their epochs met the rule too). Seeds never meet the rule (``_spec``)."""
     a = cfg.fidelity.asha
     if a is None:
         return None
     rank = a.rank or ("pareto" if len(cfg.objectives) > 1 else "accuracy")
     rule = Asha(a.grace_period, a.reduction_factor, cfg.fidelity.epochs, rank=rank)
-    for t in study.get_trials(deepcopy=False):
-        status = trial_status(t)
-        if isinstance(status, TrialStatus) and status.has_curve and SEED_ATTR not in t.user_attrs:
-            rec = read_record(t)
-            rule.record_curve(rec.curve or [], rung_costs(cfg, rec.macs, rec.params))
+    for rec in lineage_curves(study.get_trials(deepcopy=False)):
+        rule.record_curve(rec.curve, rung_costs(cfg, rec.macs, rec.params))
     return rule
+
+
+def lineage_curves(trials: list) -> list:
+    """Per lineage (a trial and the retries queued from it), the record with the longest curve."""
+    root: dict[int, int] = {}
+    best: dict[int, object] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        parent = t.user_attrs.get("retry_of")
+        root[t.number] = root.get(parent, parent) if parent is not None else t.number
+        status = trial_status(t)
+        if not isinstance(status, TrialStatus) or SEED_ATTR in t.user_attrs:
+            continue
+        if not (status.has_curve or status in (TrialStatus.FAILED, TrialStatus.INTERRUPTED)):
+            continue
+        rec = read_record(t)
+        mine = best.get(root[t.number])
+        if rec.curve and (mine is None or len(rec.curve) > len(mine.curve)):
+            best[root[t.number]] = rec
+    return list(best.values())
 
 
 def make_policy(cfg: StudyConfig, trials: list, n_more: int | None, shared_db: bool) -> SweepPolicy:

@@ -123,4 +123,4 @@ class TrialOutcome:
 # The contract's numeric and setup keys of a trained network (everything else a trial function
 # returns is ``extra``).
 _METRICS = ("val_acc", "val_loss", "test_acc", "epochs", "train_seconds", "latency_ms", "latency_setup",
-            "deploy_max_abs_diff", "resumed_from_epoch", "epoch_seconds", "simulated_seconds")
+            "deploy_max_abs_diff", "resumed_from_epoch", "epoch_seconds", "choices", "seed")

@@ -73,9 +73,12 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> Tria
     metrics = {"val_acc": result.val_acc, "val_loss": result.val_loss, "test_acc": result.test_acc,
                "epochs": result.epochs, "train_seconds": result.train_seconds,
                "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
-               "deploy_max_abs_diff": result.deploy_max_abs_diff, "resumed_from_epoch": result.resumed_from_epoch}
+               "deploy_max_abs_diff": result.deploy_max_abs_diff, "resumed_from_epoch": result.resumed_from_epoch,
+               "choices": result.choices, "seed": result.seed}
+    # The whole curve, epochs before a resumed checkpoint included (the report saw only the later ones).
+    curve = tuple(float(h["val_acc"]) for h in result.history)
     return TrialOutcome(TrialStatus.STOPPED if result.stopped_early else TrialStatus.TRAINED, metrics=metrics,
-                        artifacts=Artifacts(kept.get("checkpoint"), deploy_path, artifacts.via))
+                        curve=curve, artifacts=Artifacts(kept.get("checkpoint"), deploy_path, artifacts.via))
 
 
 def _failure(exc: BaseException) -> TrialOutcome:
@@ -91,8 +94,9 @@ def _failure(exc: BaseException) -> TrialOutcome:
 
 
 def run_trial(trial_fn: TrialFn | None, spec: dict, data, goes_on: Callable[[dict], bool]) -> TrialOutcome:
-    """Run one trial; its per-epoch accuracies (``curve``) and busy time are added to the outcome,
-    and an exception becomes a ``failed`` outcome (the worker stays usable)."""
+    """Run one trial; its busy time, and its per-epoch accuracies (``curve``) unless the trial
+    function gave its whole curve itself, are added to the outcome; an exception becomes a
+    ``failed`` outcome (the worker stays usable)."""
     started = time.perf_counter()
     curve: list[float] = []
 
@@ -104,4 +108,5 @@ def run_trial(trial_fn: TrialFn | None, spec: dict, data, goes_on: Callable[[dic
         out = TrialOutcome.from_result((trial_fn or train_architecture)(spec, data, report))
     except Exception as exc:  # the driver records the reason
         out = _failure(exc)
-    return out.with_(curve=tuple(curve), busy_seconds=time.perf_counter() - started)
+    return out.with_(curve=out.curve if len(out.curve) >= len(curve) else tuple(curve),
+                     busy_seconds=time.perf_counter() - started)
