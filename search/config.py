@@ -69,11 +69,20 @@ class SamplerSection:
 
 
 @dataclass(frozen=True)
+class PlateauSection:
+    # End the sweep once the front (accuracy, log10 costs) grew by less than min_gain of itself
+    # over the last `window` trained trials (search.sweep._plateau).
+    window: int = 50
+    min_gain: float = 0.01
+
+
+@dataclass(frozen=True)
 class BudgetSection:
     n_trials: int = 20                    # architectures to train (infeasible/duplicate ones are free)
     time_limit_s: Optional[float] = None  # stop launching trials after this many seconds
     max_stalls: int = 500                 # consecutive samples that train nothing before giving up
     max_trials: Optional[int] = None      # the study's trials of every status (asks); a space smaller than n_trials ends here
+    stop_when_flat: Optional[PlateauSection] = None  # end when the front stops improving
 
 
 @dataclass(frozen=True)
@@ -528,6 +537,12 @@ def _check_search(cfg: StudyConfig) -> None:
     _positive(p, "budget.time_limit_s", cfg.budget.time_limit_s)
     _positive(p, "budget.max_stalls", cfg.budget.max_stalls, allow_none=False)
     _positive(p, "budget.max_trials", cfg.budget.max_trials)
+    flat = cfg.budget.stop_when_flat
+    if flat is not None:
+        _positive(p, "budget.stop_when_flat.window", flat.window, allow_none=False)
+        if not 0 < flat.min_gain < 1:
+            raise StudyFileError(p, "budget.stop_when_flat.min_gain", f"must lie in (0, 1) (0.01: 1% growth), "
+                                                                      f"got {flat.min_gain!r}")
     _positive(p, "fidelity.epochs", cfg.fidelity.epochs, allow_none=False)
     if cfg.fidelity.asha:
         a = cfg.fidelity.asha

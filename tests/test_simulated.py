@@ -117,3 +117,30 @@ def test_a_proposal_the_table_lacks_stops_the_sweep_with_one_error(tmp_path):
     cfg = simulated_study(tmp_path, execution__table=str(small), budget={"n_trials": 30})
     with pytest.raises(TableError, match="holds no nas_bench_macro architecture"):
         _run(cfg)
+
+
+def test_the_plateau_watch_measures_growth_over_its_window():
+    from search.sweep._plateau import Plateau
+
+    watch = Plateau(window=2, min_gain=0.05, directions=["maximize", "minimize"], objectives=["accuracy", "macs"])
+    watch.note([0.5, 1e6])
+    watch.note([0.6, 1e7])  # reference fixed here: accuracy 0.5 - 0.01, log10 MACs 7 + 0.1
+    assert watch.history == [pytest.approx(0.1 * 0.1 + 0.01 * 1.1)]
+    watch.note([0.7, 1e5])  # a new corner: the front grows
+    assert watch.history[-1] > watch.history[0] * 2
+    watch.note([0.55, 1e5])  # dominated: nothing
+    assert not watch.flat  # it grew within the last two
+    watch.note([0.56, 1e6])  # dominated too: two trained trials without growth
+    assert watch.history[-1] == watch.history[-3] and watch.flat
+
+
+def test_stop_when_flat_ends_a_sweep_whose_front_stopped_improving(tmp_path):
+    changes = {"budget": {"n_trials": 300, "max_stalls": 500, "stop_when_flat": {"window": 20, "min_gain": 0.01}},
+               "sampler": {"name": "tpe", "seed": 0}}
+    cfg = simulated_study(tmp_path, **changes)
+    lines: list[str] = []
+    summary = Sweep(cfg, log=lines.append).run()
+    assert 40 <= summary.trained < 300
+    assert any("stopped early (budget.stop_when_flat)" in ln for ln in lines)
+    # Run again: the watch is rebuilt from the study and the sweep stays stopped.
+    assert Sweep(cfg, log=lambda _: None).run().trained == 0

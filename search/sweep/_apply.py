@@ -106,6 +106,8 @@ class Outcomes:
         if out.status == TrialStatus.TRAINED:
             values = self.objective_values(out.val_acc, _costs(rec), out.latency_ms)
             s.study.tell(p.trial, values)
+            if s.plateau is not None:
+                s.plateau.note(values)
             s.summary.trained += 1
             s.summary.stamp_result()
             s.progress.note_trained(rec.val_acc, p.number, values)

@@ -21,6 +21,7 @@ from search.record import TrialStatus, read_record, trial_status
 from search.storage import (DriverLock, Heartbeat, check_existing_database, display_url, make_sampler, open_study,
                             sqlite_path)
 from search.sweep._apply import Outcomes
+from search.sweep._plateau import watch_plateau
 from search.sweep._pricing import PriceFunction
 from search.sweep._progress import Progress, SweepSummary
 from search.sweep._proposals import Proposals
@@ -134,6 +135,7 @@ class Sweep:
         self.state = SweepState(self.cfg, study, policy, self.backend, self.summary, self.progress, self.tracker,
                                 fidelity, self.spaces, self.data_meta, shared_db=self.shared_db)
         self._note_history(trials)
+        self.state.plateau = watch_plateau(self.cfg, trials)
         enqueue_seeds(self.cfg, study, self.log)
         return study, recovered
 
@@ -202,6 +204,7 @@ class Sweep:
         exhausted = False
         while True:
             out_of_time = limit is not None and self.backend.clock() > limit
+            out_of_time = out_of_time or (st.plateau is not None and st.plateau.flat)
             while st.ready and self.backend.free_slots():
                 proposals.submit(*st.ready.pop(0))
             # Proposing one architecture ahead of the free workers keeps the driver busy while the
@@ -224,6 +227,10 @@ class Sweep:
             self._give_up()
         if limit is not None and self.backend.clock() > limit:
             self.log(f"time limit of {limit:.0f}s reached; `run` again to continue")
+        if st.plateau is not None and st.plateau.flat:
+            flat = self.cfg.budget.stop_when_flat
+            self.log(f"the front grew by less than {flat.min_gain:.1%} over the last {flat.window} trained trials: "
+                     f"stopped early (budget.stop_when_flat)")
 
     def _handle(self, event, proposals: Proposals, outcomes: Outcomes) -> None:
         if isinstance(event, Priced):

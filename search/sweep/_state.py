@@ -42,6 +42,7 @@ class SweepState:
     spaces: dict
     data_meta: dict
     shared_db: bool = False
+    plateau: Any = None   # search.sweep._plateau.Plateau when budget.stop_when_flat is set
     costs: dict = field(default_factory=dict)
     pending: dict = field(default_factory=dict)
     pool: list = field(default_factory=list)
