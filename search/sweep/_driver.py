@@ -18,8 +18,8 @@ from search.feasibility import check_budget_reachable, check_seed_costs
 from search.prescreen import Candidate
 from search.proposal import family_spaces
 from search.record import TrialStatus, read_record, trial_status
-from search.storage import (DriverLock, Heartbeat, check_existing_database, display_url, make_sampler, open_study,
-                            sqlite_path)
+from search.storage import (HEARTBEAT_S, DriverLock, Heartbeat, budget_lock, check_existing_database, display_url,
+                            make_sampler, open_study, sqlite_path)
 from search.sweep._apply import Outcomes
 from search.sweep._plateau import watch_plateau
 from search.sweep._pricing import PriceFunction
@@ -79,6 +79,7 @@ class Sweep:
         self.tracker = NoTracking()  # preflight() sets the study's tracker
         self.shared_db = sqlite_path(cfg.storage_url) is None
         self.state: SweepState | None = None
+        self._reaped_at = time.monotonic()
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -129,7 +130,8 @@ class Sweep:
         if self.cfg.warm_start is not None:
             from search.warm_start import import_trials
 
-            self.log(import_trials(self.cfg, study, self.spaces, fidelity, self.data_meta).message())
+            with budget_lock(study, self.cfg.storage_url):  # two drivers starting together import once
+                self.log(import_trials(self.cfg, study, self.spaces, fidelity, self.data_meta).message())
         trials = study.get_trials(deepcopy=False)
         policy = make_policy(self.cfg, trials, self.n_more, self.shared_db)
         self.state = SweepState(self.cfg, study, policy, self.backend, self.summary, self.progress, self.tracker,
@@ -223,6 +225,7 @@ class Sweep:
             # Woken at least every second while trials train, for the per-epoch progress.
             for event in self.backend.next_events(timeout=1.0 if st.inflight else None):
                 self._handle(event, proposals, outcomes)
+            self._reap_stale()
         if exhausted:
             self._give_up()
         if limit is not None and self.backend.clock() > limit:
@@ -231,6 +234,16 @@ class Sweep:
             flat = self.cfg.budget.stop_when_flat
             self.log(f"the front grew by less than {flat.min_gain:.1%} over the last {flat.window} trained trials: "
                      f"stopped early (budget.stop_when_flat)")
+
+    def _reap_stale(self) -> None:
+        """On a shared database, re-queue the trials of drivers that stopped beating while this one
+        runs (not only when a driver starts): their budget and architectures are free again."""
+        if not self.shared_db:
+            return
+        now = time.monotonic()
+        if now - self._reaped_at >= HEARTBEAT_S:
+            self._reaped_at = now
+            recover(self.state.study, shared_db=True)
 
     def _handle(self, event, proposals: Proposals, outcomes: Outcomes) -> None:
         if isinstance(event, Priced):
