@@ -98,6 +98,12 @@ class _ParetoRung:
         self.index: dict[tuple, int] = {}
         self.pending: list[tuple] = []
 
+    def __setstate__(self, state: dict) -> None:
+        # Arrays unpickled from Ray's object store are read-only views of it: own writable copies.
+        self.__dict__.update(state)
+        for name in ("values", "front", "count"):
+            setattr(self, name, np.array(getattr(self, name), copy=True))
+
     # -- the points ---------------------------------------------------------------------------------
 
     def add(self, accuracy: float, costs: tuple) -> None:

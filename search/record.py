@@ -24,7 +24,7 @@ from typing import Any, Optional
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["TrialStatus", "TrialRecord", "arch_key", "trial_status", "read_record", "write_record",
-           "write_pending", "pending_arch_key"]
+           "record_attrs", "write_pending", "pending_arch_key"]
 
 
 class TrialStatus(str, enum.Enum):
@@ -171,16 +171,27 @@ def read_record(trial: FrozenTrial) -> TrialRecord:
     return TrialRecord.from_dict({**data, "family": family})
 
 
-def write_record(trial, status: TrialStatus, record: TrialRecord) -> None:
-    """Store ``record`` on a live trial. Top-level attributes are what other tools filter on
-    (optuna-dashboard, SQL); everything else goes in one write."""
-    trial.set_user_attr("status", TrialStatus(status).value)
-    trial.set_user_attr("family", record.family)
+def record_attrs(status: TrialStatus, record: TrialRecord) -> dict[str, Any]:
+    """The user attributes that store ``record``: top-level ones are what other tools filter on
+    (optuna-dashboard, SQL); everything else is the ``record`` object."""
+    attrs: dict[str, Any] = {"status": TrialStatus(status).value, "family": record.family}
     if record.constraints is not None:
-        trial.set_user_attr("constraints", list(record.constraints))
+        attrs["constraints"] = list(record.constraints)
     if record.final is not None:
-        trial.set_user_attr("final", record.final)
-    trial.set_user_attr("record", record.to_dict())
+        attrs["final"] = record.final
+    attrs["record"] = record.to_dict()
+    return attrs
+
+
+def write_record(trial, status: TrialStatus, record: TrialRecord, set_attrs=None) -> None:
+    """Store ``record`` on a live trial; ``set_attrs(trial, attrs)`` writes them all at once where
+    the caller has such a writer (``search.storage.set_user_attrs``), else one by one."""
+    attrs = record_attrs(status, record)
+    if set_attrs is not None:
+        set_attrs(trial, attrs)
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 def write_pending(trial, record: TrialRecord) -> None:

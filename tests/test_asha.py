@@ -282,3 +282,21 @@ def test_a_pareto_rung_takes_one_number_of_costs():
         rule.should_continue(1, 0.5, (1e6,))
     assert len(rule.rungs[1]) == 1
     assert Asha(1, 2, 4, rank="accuracy").should_continue(1, 0.5, (1e6,))  # accuracy alone: costs unused
+
+
+def test_a_rule_unpickled_with_read_only_arrays_keeps_deciding():
+    """Ray hands an actor its rule with numpy arrays that are read-only views of the object store;
+    the rule owns writable copies once unpickled (a resumed sweep's rebuilt rungs failed here)."""
+    import pickle
+
+    from search.asha import Asha
+
+    rule = Asha(1, 2, 4, rank="pareto")
+    for i in range(5):
+        rule.record_curve([0.1 * i, 0.2 * i], (1000 * (i + 1), 10 * (i + 1)))
+    rule.should_continue(1, 0.3, (2500, 25))  # the rung's arrays exist now
+    buffers: list = []
+    data = pickle.dumps(rule, protocol=5, buffer_callback=buffers.append)  # as Ray ships it
+    again = pickle.loads(data, buffers=[memoryview(b.raw()).toreadonly() for b in buffers])
+    assert again.should_continue(1, 0.9, (500, 5)) is True
+    assert again.should_continue(1, 0.0, (90000, 900)) is False

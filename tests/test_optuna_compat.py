@@ -126,6 +126,8 @@ def test_the_single_writer_cache_reads_what_a_fresh_reader_reads(tmp_path, force
             draw(t, family_spaces(cfg))
         same_as_fresh()
     running[0].set_user_attr("record_pending", {"arch_key": "a"})
+    compat.set_user_attrs(running[2], {"status": "trained", "family": "igcv2", "record": {"val_acc": 0.5}})
+    assert running[2].user_attrs == {"status": "trained", "family": "igcv2", "record": {"val_acc": 0.5}}
     compat.set_constraints(running[0], {"max_macs": -0.5})
     same_as_fresh()
     study.tell(running[0], [0.5, 3.0])

@@ -16,6 +16,8 @@ What Optuna's public API cannot do, and where effnas reaches inside:
   ``Study.tell`` by number.
 - ``stale_trial_callback_kwargs``: the RDBStorage argument renamed in Optuna 4.9 (public either way,
   found by signature).
+- ``set_user_attrs``: a trial's record attributes in one transaction (``RDBStorage`` internals).
+  Fallback: ``Trial.set_user_attr`` for each.
 - ``single_writer_cache``: a cache that reads an unfinished trial again only after this process
   wrote to it, for the driver of an SQLite study (``_CachedStorage`` internals,
   ``RDBStorage._get_trials``). Fallback: Optuna's own cache (same trials, slower with many in flight).
@@ -41,7 +43,7 @@ except ImportError:  # pragma: no cover - an Optuna without it keeps its own cac
 
 __all__ = ["storage_of", "trial_id", "rdb_engine", "register_engine", "params_in_one_write", "set_constraints",
            "stale_trial_callback_kwargs", "heartbeat_interval", "record_heartbeat", "fail_trial",
-           "NATIVE_CONSTRAINTS", "single_writer_cache"]
+           "NATIVE_CONSTRAINTS", "single_writer_cache", "set_user_attrs"]
 
 FORCE_PUBLIC = False
 
@@ -248,6 +250,31 @@ def single_writer_cache(storage):
     if FORCE_PUBLIC or not needed or not hasattr(storage, "_get_trials"):
         return storage
     return SingleWriterCache(storage)
+
+
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Several user attributes of a live trial in one transaction (a trial's record is five).
+    Private: ``RDBStorage._set_trial_attr_without_commit``, ``_create_scoped_session``,
+    ``storages._rdb.models``, ``Trial._cached_frozen_trial``. Fallback: ``Trial.set_user_attr`` for each (same rows, slower)."""
+    storage = getattr(trial, "storage", None)
+    backend = getattr(storage, "_backend", None)
+    if FORCE_PUBLIC or not isinstance(backend, optuna.storages.RDBStorage) or \
+            not hasattr(backend, "_set_trial_attr_without_commit"):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    trial_id_ = trial_id(trial)
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        for key, value in attrs.items():
+            backend._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id_, key, value)
+    cached = getattr(trial, "_cached_frozen_trial", None)  # what the live trial answers from, as set_user_attr keeps it
+    if cached is not None:
+        cached.user_attrs.update(attrs)
+    if hasattr(storage, "wrote"):
+        storage.wrote(trial_id_)
 
 
 # --- constraints, heartbeats, stale trials --------------------------------------------------------

@@ -13,6 +13,7 @@ from search.feasibility import latency_constraint
 from search.lineage import requeue
 from search.record import TrialRecord, TrialStatus, write_record
 from search.storage import set_constraints
+from search.storage._optuna_compat import set_user_attrs
 from search.sweep._policy import Decision
 from search.sweep._state import SweepState
 from search.sweep.outcome import TrialOutcome
@@ -41,7 +42,7 @@ class Outcomes:
 
     # -- settled without a worker -------------------------------------------------------------------
     def without_training(self, trial, status: TrialStatus, values, rec: TrialRecord) -> None:
-        write_record(trial, status, rec)
+        write_record(trial, status, rec, set_user_attrs)
         if values is None:
             self.s.study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -81,7 +82,7 @@ class Outcomes:
         if out.status.reached_result:
             self._trained(p, rec, out)
         elif out.status == TrialStatus.INFEASIBLE:
-            write_record(p.trial, out.status, rec)
+            write_record(p.trial, out.status, rec, set_user_attrs)
             s.study.tell(p.trial, self.objective_values(0.0, _costs(rec), out.latency_ms))
             s.policy.finished(p.key, number, out.status)
             s.summary.infeasible += 1
@@ -100,7 +101,7 @@ class Outcomes:
 
     def _trained(self, p, rec: TrialRecord, out: TrialOutcome) -> None:
         s = self.s
-        write_record(p.trial, out.status, rec)
+        write_record(p.trial, out.status, rec, set_user_attrs)
         faults.checkpoint("recorded")
         values = None
         if out.status == TrialStatus.TRAINED:
@@ -126,7 +127,7 @@ class Outcomes:
         s = self.s
         attempt = rec.attempt or 0
         rec = rec.with_outcome(final=not will_retry)
-        write_record(p.trial, TrialStatus.FAILED, rec)
+        write_record(p.trial, TrialStatus.FAILED, rec, set_user_attrs)
         if will_retry:
             requeue(s.study, p.trial, attempt + 1, diverged=rec.failure_kind == "nonfinite")
             faults.checkpoint("retry_queued")
