@@ -31,8 +31,9 @@ point (1, ..., 1). A run's front holds the architectures trained to the table's 
 the budget and the MACs limit, each at its table accuracy (mean over runs). Regret = 1 - HV / HV of
 the table's true front under the same limit and objectives. Reported per method: median and
 quartiles of the hypervolume at 25, 50 and 100% of the simulated time, the median final regret,
-and the median simulated time to reach random search's median final hypervolume (null where the
-median run never reaches it).
+and the median simulated time to reach random search's median final hypervolume: the first time
+the median over the method's runs of the hypervolume reaches it (null where it never does; with an
+odd number of seeds, the median of the runs' own times).
 
 The last line printed is one JSON object:
 ``{"methods": {name: {"hv": {"0.25": {"median", "q1", "q3"}, "0.5": ..., "1.0": ...},
@@ -214,7 +215,6 @@ def summarise(runs: list[dict], table, settings: dict, target: float | None) -> 
     hv = {str(c): metrics.quartiles([metrics.hv_at(cv, c * budget) for cv in curves]) for c in CHECKPOINTS}
     finals = [metrics.hv_at(cv, budget) for cv in curves]
     regrets = [metrics.regret(h, hv_true) for h in finals]
-    times = [metrics.time_to_target(cv, target) for cv in curves]
     counts = [{} for _ in ok]
     for c, r in zip(counts, ok):
         for t in r["trials"]:
@@ -224,7 +224,7 @@ def summarise(runs: list[dict], table, settings: dict, target: float | None) -> 
     for r in ok:
         ended[r["ended"]] = ended.get(r["ended"], 0) + 1
     return {"hv": hv, "regret_final_median": metrics.quartiles(regrets)["median"],
-            "time_to_random_final_median": metrics.quartiles(times)["median"] if target is not None else None,
+            "time_to_random_final_median": metrics.median_time_to_target(curves, target),
             "regret_final": metrics.quartiles(regrets), "runs": len(ok), "failed": len(runs) - len(ok),
             "errors": errors[:3], "wall_seconds_per_run": metrics.quartiles([r["wall_seconds"] for r in ok]),
             "statuses": {k: statistics.median(v) for k, v in statuses.items()}, "ended": ended}

@@ -134,6 +134,18 @@ def test_regret_time_to_target_and_hv_over_time():
     assert metrics.time_to_target(curve, None) is None
 
 
+def test_median_time_to_target_is_when_the_median_run_gets_there():
+    a, b, c = [(10.0, 0.2), (30.0, 0.5)], [(20.0, 0.6)], [(40.0, 0.3)]
+    # the runs' own times: 30, 20, never -> median 30
+    assert metrics.median_time_to_target([a, b, c], 0.5) == 30.0
+    assert metrics.quartiles([metrics.time_to_target(x, 0.5) for x in (a, b, c)])["median"] == 30.0
+    assert metrics.median_time_to_target([a, b], 0.5) == 30.0  # even: mean of 0.5 and 0.6 at 30
+    assert metrics.median_time_to_target([a, b], 0.55) == 30.0
+    assert metrics.median_time_to_target([a, c], 0.5) is None  # median (0.5 + 0.3) / 2 < 0.5
+    assert metrics.median_time_to_target([a, b, c], 0.7) is None
+    assert metrics.median_time_to_target([a], None) is None
+
+
 def test_quartiles_interpolate_linearly_and_never_is_null():
     assert metrics.quartiles([5, 1, 3, 2, 4]) == {"median": 3.0, "q1": 2.0, "q3": 4.0}
     assert metrics.quartiles([1, 2, 3, 4]) == {"median": 2.5, "q1": 1.75, "q3": 3.25}

@@ -10,6 +10,7 @@ linear-interpolation percentiles (25, 50, 75).
 """
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -143,12 +144,9 @@ def hv_curve(evaluations: list[dict], table, normaliser: Normaliser, budget_s: f
 
 
 def hv_at(curve: list[tuple[float, float]], t: float) -> float:
-    hv = 0.0
-    for when, v in curve:
-        if when > t * (1 + 1e-12):
-            break
-        hv = v
-    return hv
+    """The hypervolume of a step curve at time ``t`` (0 before its first step)."""
+    i = bisect.bisect_right([when for when, _ in curve], t * (1 + 1e-12))
+    return curve[i - 1][1] if i else 0.0
 
 
 def time_to_target(curve: list[tuple[float, float]], target: float | None) -> float | None:
@@ -158,6 +156,21 @@ def time_to_target(curve: list[tuple[float, float]], target: float | None) -> fl
     for when, v in curve:
         if v >= target - 1e-12:
             return when
+    return None
+
+
+def median_time_to_target(curves: list[list[tuple[float, float]]], target: float | None) -> float | None:
+    """The first simulated time at which the median over the runs of the hypervolume reaches
+    ``target``; None when it never does. With an odd number of runs this is the median of the runs'
+    own first times (a run that never reaches the target counting as never); with an even number the
+    median hypervolume is the mean of the middle two, so the median run of random search reaches
+    random's own median final hypervolume, as it should."""
+    if target is None or not curves:
+        return None
+    times = sorted({t for c in curves for t, _ in c})
+    for t in times:
+        if float(np.median([hv_at(c, t) for c in curves])) >= target - 1e-12:
+            return t
     return None
 
 
