@@ -42,7 +42,7 @@ def study(run_dir: Path, args, table: Path):
     raw = {"study": "scale", "run_dir": str(run_dir), "family_modules": [str(FAMILY)], "data": {"dataset": "cifar10"},
            "families": {"nas_bench_macro": {}}, "objectives": ["accuracy", "macs", "params"],
            "execution": {"backend": "simulated", "table": str(table), "workers": args.workers, "seed": args.seed},
-           "sampler": {"name": args.sampler, "seed": args.seed},
+           "sampler": {"name": args.sampler, "seed": args.seed, "options": json.loads(args.options)},
            "budget": {"n_trials": args.trials, "max_trials": args.trials, "max_stalls": args.trials},
            "fidelity": {"epochs": 4 if args.asha else 1}}
     if args.asha:
@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=64)
     ap.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random", "gp"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--options", default="{}", help='sampler options as JSON, e.g. \'{"multivariate": true}\'')
     ap.add_argument("--asha", action="store_true", help="4-epoch curves and Pareto ASHA (rung decisions in the sweep)")
     ap.add_argument("--profile", action="store_true", help="where the driver process's time goes")
     args = ap.parse_args()
@@ -157,6 +158,7 @@ def main() -> None:
         trials = load_existing_study(cfg.storage_url, cfg.study).get_trials(deepcopy=False)
         first, last = per_trial_ms(trials)
         out = {"table": "nas-bench-macro" + (" (4-epoch curves)" if args.asha else ""), "sampler": args.sampler,
+               "options": json.loads(args.options),
                "workers": args.workers, "trials": len(trials), "trained": summary.trained, "stopped": summary.stopped,
                "duplicates": summary.duplicate, "wall_seconds": round(wall, 1),
                "ms_per_trial_first_1000": first, "ms_per_trial_last_1000": last,
