@@ -247,8 +247,9 @@ def single_writer_cache(storage):
     Optuna lacks what the cache relies on (Optuna then wraps it in its own cache)."""
     needed = _CachedStorage is not None and all(
         hasattr(_CachedStorage, n) for n in ("_read_trials_from_remote_storage", "_add_trials_to_cache"))
-    if FORCE_PUBLIC or not needed or not hasattr(storage, "_get_trials"):
-        return storage
+    reads = inspect.signature(storage._get_trials).parameters if hasattr(storage, "_get_trials") else {}
+    if FORCE_PUBLIC or not needed or not {"included_trial_ids", "trial_id_greater_than"} <= set(reads):
+        return storage  # Optuna < 4.1 reads trials by exclusion: its own cache then
     return SingleWriterCache(storage)
 
 
