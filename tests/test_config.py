@@ -43,7 +43,7 @@ def test_defaults_and_types():
     assert cfg.objectives == ("accuracy", "macs", "params")
     assert cfg.directions == ["maximize", "minimize", "minimize"]
     assert cfg.storage_url == "sqlite:///runs/t/study.db"
-    assert cfg.sampler.name == "nsga2" and cfg.fidelity.asha is None
+    assert cfg.sampler.name == "tpe" and cfg.fidelity.asha is None
     assert isinstance(cfg.train.lr, float)
 
 

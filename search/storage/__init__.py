@@ -56,7 +56,9 @@ def make_sampler(cfg: StudyConfig, resumed_at: int = 0) -> optuna.samplers.BaseS
         s = dataclasses.replace(s, seed=s.seed + os.getpid())
     elif s.seed is not None and resumed_at:
         s = dataclasses.replace(s, seed=s.seed + resumed_at)
-    opts = dict(s.options)
+    from search.config import SAMPLER_DEFAULT_OPTIONS
+
+    opts = {**SAMPLER_DEFAULT_OPTIONS.get(s.name, {}), **s.options}
     # Optuna >= 5 reads constraints stored with Trial.set_constraint; older ones need a function.
     constrained = {} if NATIVE_CONSTRAINTS else {"constraints_func": _constraints_of}
     builders = {
@@ -69,7 +71,9 @@ def make_sampler(cfg: StudyConfig, resumed_at: int = 0) -> optuna.samplers.BaseS
         "bruteforce": lambda: optuna.samplers.BruteForceSampler(seed=s.seed, **opts),
     }
     try:
-        return builders[s.name]()
+        with warnings.catch_warnings():  # multivariate and constant_liar are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return builders[s.name]()
     except TypeError as e:
         raise StudyFileError(cfg.path, "sampler.options", str(e)) from e
 
