@@ -8,13 +8,13 @@ from optuna.trial import TrialState
 
 from search.export._tables import member_entry
 from search.pareto import front_hypervolumes, hypervolume_over_time, objectives_of, pareto_front
-from search.record import read_record, trial_status
+from search.record import trial_status
 from search.seed_report import seed_entries
 
 __all__ = ["status_dict", "print_status", "trial_rows", "print_trials"]
 
 
-def _seconds(trials, records) -> tuple[float, float]:
+def _seconds(trials, facts) -> tuple[float, float]:
     """Active wall time (the union of the trials' ask-to-tell spans: the gaps between runs, when no
     driver ran, are not counted) and summed training time."""
     spans = sorted((t.datetime_start.timestamp(), t.datetime_complete.timestamp())
@@ -24,15 +24,15 @@ def _seconds(trials, records) -> tuple[float, float]:
         if stop > end:
             wall += stop - max(start, end)
             end = stop
-    return wall, sum(r.get("train_seconds") or 0.0 for r in records)
+    return wall, sum(f.get("train_seconds") or 0.0 for f in facts)
 
 
-def _overhead_ms(trials, records) -> float | None:
+def _overhead_ms(trials, facts) -> float | None:
     """Driver time per trial that occupied a worker (trained, stopped or failed): its wall time from
     ask to tell minus the worker's busy time and the time it waited, priced, for a free worker."""
-    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - r["worker_seconds"] - (r.get("queued_seconds") or 0.0)
-             for t, r in zip(trials, records)
-             if t.datetime_start and t.datetime_complete and r.get("worker_seconds") is not None]
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() - f["worker_seconds"] - (f.get("queued_seconds") or 0.0)
+             for t, f in zip(trials, facts)
+             if t.datetime_start and t.datetime_complete and f.get("worker_seconds") is not None]
     return 1000 * sum(spans) / len(spans) if spans else None
 
 
@@ -48,11 +48,12 @@ def status_dict(study: optuna.Study, storage_url: str | None = None) -> dict:
     """Everything `status` reports; with ``storage_url`` (SQLite), trials left RUNNING by a driver
     that no longer runs count as interrupted."""
     from search.storage import driver_holds, read_trials
+    from search.storage._reader import facts_of
 
     trials = read_trials(study, storage_url)
     driver_running = driver_holds(storage_url) if storage_url else None
-    records = [t.user_attrs.get("record") or {} for t in trials]  # plain dicts: 100,000 of them
-    wall, train = _seconds(trials, records)
+    facts = [facts_of(t) for t in trials]  # the records' figures, not whole records: 100,000 of them
+    wall, train = _seconds(trials, facts)
     front = pareto_front(study, trials, storage_url)
     seeds = seed_entries(study, front, trials)
     return {
@@ -61,13 +62,13 @@ def status_dict(study: optuna.Study, storage_url: str | None = None) -> dict:
         "states": dict(Counter(t.state.name for t in trials)),
         "statuses": _statuses(trials, driver_running),
         "driver_running": driver_running,
-        "resumed_from_checkpoint": sum(1 for r in records if r.get("resumed_from_epoch")),
+        "resumed_from_checkpoint": sum(1 for f in facts if f.get("resumed_from_epoch")),
         "n_trials": len(trials),
         "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "wall_seconds": wall,
         "train_seconds": train,
-        "overhead_ms_per_trial": _overhead_ms(trials, records),
-        "proxies_scored": sum(1 for r in records if r.get("proxies") and any(v is not None for v in r["proxies"].values())),
+        "overhead_ms_per_trial": _overhead_ms(trials, facts),
+        "proxies_scored": sum(1 for f in facts if f.get("proxies") and any(v is not None for v in f["proxies"].values())),
         "pareto": [member_entry(m) for m in front],  # the same entries, under the same keys, as pareto.json
         "seeds": seeds,
         "hypervolume": front_hypervolumes(study, front, seeds),
@@ -126,20 +127,22 @@ def trial_rows(study: optuna.Study, storage_url: str | None = None) -> list[dict
     """One entry per trial, from the database alone (`python -m search trials`); RUNNING trials of
     an SQLite study no driver runs are shown as interrupted."""
     from search.storage import driver_holds, read_trials
+    from search.storage._reader import facts_of
 
     orphaned = storage_url is not None and driver_holds(storage_url) is False
     rows = []
     for t in read_trials(study, storage_url):
-        rec = read_record(t)
+        f = facts_of(t)  # the record's figures (a whole record for each of 100,000 trials is slow)
         status = str(trial_status(t))
         if orphaned and status == "running":
             status = "interrupted"
-        rows.append({"trial": t.number, "family": rec.family or t.params.get("family"), "status": status,
-                     "epochs": rec.fidelity_reached if rec.fidelity_reached is not None else rec.epochs,
-                     "accuracy": rec.val_acc, "test_accuracy": rec.test_acc, "macs": rec.macs, "params": rec.params,
-                     "latency_ms": rec.latency_ms, "train_seconds": rec.train_seconds,
+        rows.append({"trial": t.number, "family": f.get("family") or t.params.get("family"), "status": status,
+                     "epochs": f.get("fidelity_reached") if f.get("fidelity_reached") is not None else f.get("epochs"),
+                     "accuracy": f.get("val_acc"), "test_accuracy": f.get("test_acc"), "macs": f.get("macs"),
+                     "params": f.get("params"), "latency_ms": f.get("latency_ms"), "train_seconds": f.get("train_seconds"),
                      "seed": t.user_attrs.get("seed"), "retry_of": t.user_attrs.get("retry_of"),
-                     "duplicate_of": rec.duplicate_of, "resumed_from_epoch": rec.resumed_from_epoch, "failure_reason": rec.failure_reason or t.user_attrs.get("failure_reason")})
+                     "duplicate_of": f.get("duplicate_of"), "resumed_from_epoch": f.get("resumed_from_epoch"),
+                     "failure_reason": f.get("failure_reason") or t.user_attrs.get("failure_reason")})
     return rows
 
 

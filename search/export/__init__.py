@@ -36,7 +36,7 @@ from search import faults
 from search.exceptions import ExportError
 from search.export._files import clean, json_text, write_atomic
 from search.export._models import MODEL_FORMAT, ExportedModel, export_member_model, load_exported, load_model
-from search.export._plots import html, png, points_of
+from search.export._plots import html, points_of
 from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
 from search.pareto import (FrontMember, front_candidates, front_hypervolumes, hypervolume_over_time, objectives_of,
                            pareto_front)
@@ -70,7 +70,7 @@ def _export_models(study: optuna.Study, front: list[FrontMember], entries: list[
 
 
 def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entries: list[dict],
-                            out_dir: Path, models: bool, trials: list) -> dict:
+                            out_dir: Path, models: bool, trials: list, drawing) -> dict:
     names = objectives_of(study)
     size = _image_size(front, study)
     doc = {
@@ -90,16 +90,34 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
         doc["hypervolume"] = front_hypervolumes(study, front, seeds)
     points = points_of(study, front, trials)
     title = f"{study.study_name}: {len(front)} front members of {len(points)} trained trials"
+    drawing.send(points, title, curve)  # the picture is drawn meanwhile, in its own process
     write_atomic(out_dir / "pareto.json", json_text(doc))
     write_atomic(out_dir / "pareto.csv", csv_text(entries, names, models))
     faults.checkpoint("exporting")
     write_atomic(out_dir / "pareto.html", html(points, title, curve))
-    write_atomic(out_dir / "pareto.png", png(points, title, curve))
+    write_atomic(out_dir / "pareto.png", drawing.result())
     return doc
 
 
+def _export(study: optuna.Study, out_dir: Path, models: bool, log: Callable[[str], None], storage_url: str | None,
+            check_images, drawing) -> tuple[list[FrontMember], list[dict], dict]:
+    models_dir = _prepare_dir(out_dir, models)
+    from search.storage import read_trials
+
+    trials = read_trials(study, storage_url)
+    front = pareto_front(study, trials, storage_url)
+    entries = [member_entry(m) for m in front]
+    try:
+        if models:
+            _export_models(study, front, entries, models_dir, log, check_images)
+        return front, entries, _write_tables_and_plots(study, front, entries, out_dir, models, trials, drawing)
+    except OSError as e:
+        raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None
+
+
 def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
-                 log: Callable[[str], None] = print, storage_url: str | None = None, check_images=None) -> dict:
+                 log: Callable[[str], None] = print, storage_url: str | None = None, check_images=None,
+                 drawing=None) -> dict:
     """Write the study's Pareto front to ``out_dir`` (see the module docstring for the files).
 
     Args:
@@ -111,6 +129,8 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
             (``search.storage.read_trials``) instead of Optuna's full materialisation.
         check_images: normalised validation images (a float NCHW tensor) that each ONNX graph's
             outputs are compared on, against the PyTorch deploy form (None: seeded random inputs).
+        drawing: the process drawing ``pareto.png`` (``search.export._png.start()``), started by
+            the caller before it read the study so that matplotlib loads meanwhile (None: started here).
 
     Returns:
         The content of ``pareto.json``.
@@ -119,19 +139,13 @@ def export_study(study: optuna.Study, out_dir: Path, models: bool = False,
         ExportError: the folder cannot be created or written, or ``models`` was asked for and not
             one front member's model could be written (the tables are written first).
     """
-    out_dir = Path(out_dir)
-    models_dir = _prepare_dir(out_dir, models)
-    from search.storage import read_trials
+    from search.export import _png
 
-    trials = read_trials(study, storage_url)
-    front = pareto_front(study, trials, storage_url)
-    entries = [member_entry(m) for m in front]
+    out_dir, drawing = Path(out_dir), drawing or _png.start()
     try:
-        if models:
-            _export_models(study, front, entries, models_dir, log, check_images)
-        doc = _write_tables_and_plots(study, front, entries, out_dir, models, trials)
-    except OSError as e:
-        raise ExportError(f"cannot write to the export folder {out_dir}: {e}") from None
+        front, entries, doc = _export(study, out_dir, models, log, storage_url, check_images, drawing)
+    finally:
+        drawing.stop()
     log(f"wrote {len(front)} front members ({doc['n_trained']} fully trained trials) to {out_dir}: "
         f"pareto.csv, pareto.json, pareto.html, pareto.png" + (", models/" if models else ""))
     if models and entries and not any(e.get("weights") for e in entries):

@@ -1,30 +1,43 @@
-"""The front as pictures: an interactive, self-contained ``pareto.html`` and a ``pareto.png``."""
+"""The front as pictures: an interactive, self-contained ``pareto.html`` and a ``pareto.png``.
+
+Nothing of effnas or Optuna is imported at module level: the process that draws ``pareto.png``
+(``_png_worker.py``) loads this file alone, with matplotlib and nothing else."""
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
-from search.pareto import FrontMember, front_candidates, objectives_of
-from search.record import read_record
+    from search.pareto import FrontMember
 
 __all__ = ["points_of", "html", "png"]
 
 
 def points_of(study: optuna.Study, front: list[FrontMember], trials: list | None = None) -> list[dict]:
-    """One point per fully trained trial: accuracy, MACs, params, and whether it is on the front."""
+    """One point per fully trained trial: accuracy, MACs, params, and whether it is on the front.
+    Knobs are given where a hover shows them (every point up to _KNOBS_IN_HOVER_UP_TO, else the
+    front members): decoding 100,000 of them for nothing costs seconds."""
+    from search.pareto import front_candidates, objectives_of
+    from search.storage._reader import facts_of, knobs_of
+
     on_front = {m.number for m in front}
     names = objectives_of(study)
-    points = []
+    points, facts = [], []
     for t in front_candidates(study, trials):
-        rec = read_record(t)
+        rec = facts_of(t)  # the record's figures: whole records of every trial are not needed here
         values = dict(zip(names, t.values or []))
-        acc = rec.val_acc if rec.val_acc is not None else values.get("accuracy")
-        if acc is None or rec.macs is None or rec.params is None:
+        acc = rec["val_acc"] if rec.get("val_acc") is not None else values.get("accuracy")
+        if acc is None or rec.get("macs") is None or rec.get("params") is None:
             continue  # a record without costs cannot be placed; the tables still list front members
-        points.append({"trial": t.number, "family": rec.family, "knobs": rec.knobs or {},
-                       "accuracy": float(acc), "macs": rec.macs, "params": rec.params,
-                       "front": t.number in on_front})
+        points.append({"trial": t.number, "family": rec["family"], "knobs": {}, "accuracy": float(acc),
+                       "macs": rec["macs"], "params": rec["params"], "front": t.number in on_front})
+        facts.append(rec)
+    every = len(points) <= _KNOBS_IN_HOVER_UP_TO
+    for p, rec in zip(points, facts):
+        if every or p["front"]:
+            p["knobs"] = knobs_of(rec)
     return points
 
 
@@ -38,15 +51,16 @@ def _hover(p: dict, knobs: bool = True) -> str:
     return text + ("<br>" + "<br>".join(f"  {k} = {v}" for k, v in p["knobs"].items()) if knobs and p["knobs"] else "")
 
 
-def _trace(pts: list[dict], cost: str, name: str, family: str | None, axis: int, knobs: bool) -> dict:
+def _trace(pts: list[dict], cost: str, name: str, family: str | None, axis: int, knobs: bool,
+           texts: list[str]) -> dict:
     """One scatter trace as plain data: plotly's figure classes validate every value, which costs
-    seconds at 100,000 points."""
+    seconds at 100,000 points. ``texts``: the points' hover texts (the same on both axes)."""
     grey = family is None
     return {"type": "scattergl" if grey and len(pts) >= _WEBGL_FROM else "scatter",
             "x": [p[cost] for p in pts], "y": [p["accuracy"] for p in pts], "mode": "markers", "name": name,
             "legendgroup": name, "showlegend": axis == 1, "xaxis": f"x{axis if axis > 1 else ''}", "yaxis": "y",
             "marker": {"color": "lightgrey", "size": 7} if grey else {"size": 11, "line": {"color": "black", "width": 1}},
-            "text": [_hover(p, knobs or not grey) for p in pts], "hovertemplate": "%{text}<extra></extra>"}
+            "text": texts, "hovertemplate": "%{text}<extra></extra>"}
 
 
 def html(points: list[dict], title: str, curve: dict | None = None) -> str:
@@ -58,8 +72,9 @@ def html(points: list[dict], title: str, curve: dict | None = None) -> str:
     groups = [("trained", [p for p in points if not p["front"]], None)]
     groups += [(f"front: {fam}", [p for p in points if p["front"] and p["family"] == fam], fam)
                for fam in sorted({p["family"] for p in points if p["front"]})]
-    data = [_trace(pts, cost, name, family, axis, knobs)
-            for axis, cost in ((1, "macs"), (2, "params")) for name, pts, family in groups]
+    texts = [[_hover(p, knobs or family is not None) for p in pts] for _, pts, family in groups]
+    data = [_trace(pts, cost, name, family, axis, knobs, hover)
+            for axis, cost in ((1, "macs"), (2, "params")) for (name, pts, family), hover in zip(groups, texts)]
     if curve:
         data.append({"type": "scatter", "mode": "lines+markers", "line": {"shape": "hv"}, "x": curve["seconds"],
                      "y": curve["hypervolume"], "xaxis": "x3", "yaxis": "y2", "name": "front hypervolume",
@@ -95,9 +110,12 @@ def png(points: list[dict], title: str, curve: dict | None = None) -> bytes:
     hv_ax, axes = axes[2], axes[:2]
     rest = [p for p in points if not p["front"]]
     front = [p for p in points if p["front"]]
+    import numpy as np
+
     for ax, cost in zip(axes, ("macs", "params")):
-        ax.scatter([p[cost] for p in rest], [p["accuracy"] for p in rest], s=18, c="lightgrey",
-                   label="trained", rasterized=True)
+        # Arrays, not lists: matplotlib masks a list element by element (seconds at 100,000 points).
+        ax.scatter(np.asarray([p[cost] for p in rest], dtype=float), np.asarray([p["accuracy"] for p in rest], dtype=float),
+                   s=18, c="lightgrey", label="trained", rasterized=True)
         for fam in sorted({p["family"] for p in front}):
             pts = [p for p in front if p["family"] == fam]
             ax.scatter([p[cost] for p in pts], [p["accuracy"] for p in pts], s=45, edgecolors="black",
