@@ -58,49 +58,97 @@ def _study_and_storage(args) -> tuple[str | None, str]:
 
 # --- commands -------------------------------------------------------------------------------------
 
-def cmd_arch(args) -> int:
+def _arch_info(name: str, classes: int | None, size: int | None, sets: list[str]) -> dict:
+    """Family, data shape, costs (``space.cost.Cost``) and knobs of a preset or family, with
+    ``--set`` applied. Builds the network (torch); `arch` asks the cache first."""
     from space.cost import measure
     from space.registry import get_family, get_preset, knobs_json, list_families, list_presets
 
-    name = args.name
     if name in list_presets():
         preset = get_preset(name)
         family, knobs = get_family(preset.family), preset.knobs
-        classes, size = preset.num_classes, preset.image_size
+        default_classes, default_size = preset.num_classes, preset.image_size
     elif name in list_families():
-        family, knobs, classes, size = get_family(name), get_family(name).default_knobs(), 10, 32
+        family, knobs, default_classes, default_size = get_family(name), get_family(name).default_knobs(), 10, 32
     else:
         raise UsageError(f"unknown architecture {name!r}; presets: {', '.join(list_presets())}; "
                          f"families: {', '.join(list_families())}")
-    classes = args.classes or classes
-    size = args.image_size or size
-    if args.set:
+    classes, size = classes or default_classes, size or default_size
+    if sets:
         try:
-            knobs = family.knobs_with(knobs, _parse_set(args.set))
+            knobs = family.knobs_with(knobs, _parse_set(sets))
         except (ValueError, TypeError) as e:
             raise UsageError(f"--set: {e}") from None
     cost = measure(family.name, knobs, num_classes=classes, image_size=size)
-    info = {"name": name, "family": family.name, "num_classes": classes, "image_size": size,
+    return {"name": name, "family": family.name, "num_classes": classes, "image_size": size,
             **cost.as_dict(), "knobs": knobs_json(knobs)}
+
+
+def _arch_cached(name: str, classes: int | None, size: int | None, sets: list[str]) -> dict:
+    """``_arch_info`` from the cache (no torch) when this code answered it before. The first miss
+    of a code version also starts pricing every preset at its own classes and size, in a process
+    of its own (a second or two, after this answer is out), so that any preset answers at once."""
+    from search import cache
+
+    key = [name, classes, size, sets]
+    info = cache.load("arch", key)
+    if info is not None:
+        return info
+    info = _arch_info(name, classes, size, sets)
+    cache.save("arch", key, info)
+    import time
+
+    state = cache.load("arch-presets", "all")
+    if cache.folder() is not None and (state is None or (state != "done" and time.time() - state > 300)):
+        cache.save("arch-presets", "all", time.time())  # started (a fill that died is retried after 5 minutes)
+        _start_preset_fill()
+    return info
+
+
+def _start_preset_fill() -> None:
+    import subprocess
+
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    try:
+        subprocess.Popen([sys.executable, "-c", "from search.cli import fill_arch_cache; fill_arch_cache()"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=env, start_new_session=True)
+    except OSError:  # the cache only saves time
+        pass
+
+
+def fill_arch_cache() -> None:
+    """Price every preset at its own classes and size into the cache (what `arch PRESET` answers)."""
+    from search import cache
+    from space.registry import list_presets
+
+    for preset in list_presets():
+        if cache.load("arch", [preset, None, None, []]) is None:
+            cache.save("arch", [preset, None, None, []], _arch_info(preset, None, None, []))
+    cache.save("arch-presets", "all", "done")
+
+
+def cmd_arch(args) -> int:
+    info = _arch_cached(args.name, args.classes, args.image_size, list(args.set))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{name} ({family.name}), {classes} classes, {size}x{size} input")
+    name, classes, size = info["name"], info["num_classes"], info["image_size"]
+    print(f"{name} ({info['family']}), {classes} classes, {size}x{size} input")
     for key, value in info["knobs"].items():
         print(f"  {key:24s} {value}")
-    print(f"deploy form:   params {cost.params:>12,} ({_human(cost.params)})   "
-          f"MACs {cost.macs:>14,} ({_human(cost.macs)})")
-    print(f"training form: params {cost.train_params:>12,} ({_human(cost.train_params)})   "
-          f"MACs {cost.train_macs:>14,} ({_human(cost.train_macs)})")
+    print(f"deploy form:   params {info['params']:>12,} ({_human(info['params'])})   "
+          f"MACs {info['macs']:>14,} ({_human(info['macs'])})")
+    print(f"training form: params {info['train_params']:>12,} ({_human(info['train_params'])})   "
+          f"MACs {info['train_macs']:>14,} ({_human(info['train_macs'])})")
     return 0
 
 
 def cmd_validate(args) -> int:
-    from search.config import load_study
-    from search.validate import describe_study
+    from search.validate import validate_file
 
-    cfg = load_study(args.study)
-    print(describe_study(cfg, samples=args.samples))
+    print(validate_file(args.study, samples=args.samples))
     return 0
 
 
@@ -120,11 +168,16 @@ def cmd_run(args) -> int:
     from search.sweep import Sweep
 
     _stop_on_sigterm()
-    print(f"effnas {_version()}: checking {args.study} ...", flush=True)  # the rest takes seconds: say so at once
+    if not args.quiet:  # the rest takes seconds: say so at once (--quiet: the summary alone)
+        print(f"effnas {_version()}: checking {args.study} ...", flush=True)
 
     cfg = load_study(args.study)
     if args.n_trials is not None and args.n_trials < 1:
         raise UsageError(f"--n-trials must be >= 1, got {args.n_trials}")
+    import optuna
+
+    # Optuna's INFO lines ("A new study created in RDB ...") repeat what the driver says itself.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     mode = "quiet" if args.quiet else ("live" if sys.stdout.isatty() else "lines")
     summary = Sweep(cfg, n_more=args.n_trials, progress=mode, log=(lambda _: None) if args.quiet else print).run()
     # One overhead figure (README, `status`): the summary below prints it, measured from the database.
@@ -132,18 +185,18 @@ def cmd_run(args) -> int:
           f"{summary.infeasible} infeasible, {summary.duplicate} duplicates"
           + (f", {summary.screened} screened" if summary.screened else "") + f" in {summary.wall_seconds:.1f}s")
     from search.status import print_status
-    from search.storage import load_existing_study
+    from search.storage._reader import open_snapshot
 
-    print_status(load_existing_study(cfg.storage_url, cfg.study), cfg.storage_url)
+    print_status(open_snapshot(cfg.storage_url, cfg.study), cfg.storage_url)
     return 0
 
 
 def _report(args, as_data: Callable, printed: Callable) -> int:
     """A read-only report of one study: JSON with --json, else text (`status`, `trials`)."""
-    from search.storage import load_existing_study
+    from search.storage._reader import open_snapshot
 
     name, url = _study_and_storage(args)
-    study = load_existing_study(url, name)
+    study = open_snapshot(url, name)  # every trial, read in one transaction
     if args.json:
         print(json.dumps(as_data(study, url), indent=2))
     else:
@@ -215,11 +268,16 @@ def cmd_dashboard(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from search.export import export_study
-    from search.storage import load_existing_study
+    from search.export import _png, export_study
+    from search.storage._reader import open_snapshot
 
     name, url = _study_and_storage(args)
-    study = load_existing_study(url, name)
+    drawing = _png.start()  # loads matplotlib while the study is read
+    try:
+        study = open_snapshot(url, name)  # every trial, read in one transaction
+    except BaseException:
+        drawing.stop()
+        raise
     if args.out:
         out = Path(args.out)
     elif args.storage:
@@ -229,7 +287,7 @@ def cmd_export(args) -> int:
 
         out = study_location(args.study)[2] / "export"
     images = _check_images(args.study) if args.models and args.study and not args.storage else None
-    export_study(study, out, models=args.models, storage_url=url, check_images=images)
+    export_study(study, out, models=args.models, storage_url=url, check_images=images, drawing=drawing)
     return 0
 
 

@@ -120,6 +120,64 @@ def _not_found(dataset: str, looked: list[Path], layout: str, can_download: bool
     return DatasetNotFoundError(f"{dataset} not found: looked for {where}. {fix}.")
 
 
+# --- downloads: what is fetched from where, and what to put in its place -------------------------
+
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def download_plan(dataset: str, root: Path) -> tuple[str, str] | None:
+    """(URL torchvision downloads ``dataset`` from, what to put in ``root`` instead), or None for a
+    dataset that is never downloaded."""
+    import torchvision
+
+    if dataset in _CIFAR:
+        folder, train_files, test_files, *_, tv_name = _CIFAR[dataset]
+        files = ", ".join(train_files + test_files)
+        return (getattr(torchvision.datasets, tv_name).url,
+                f"the extracted folder {root / folder} (files {files}), or train.npz and test.npz in {root}")
+    if dataset in ("mnist", "fashion_mnist"):
+        cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
+        return (f"{cls.mirrors[0]}{cls.resources[0][0]}",
+                f"the folder {root / cls.__name__ / 'raw'} with the four uncompressed idx files "
+                f"({', '.join(_MNIST_FILES)})")
+    return None
+
+
+def _download_failed(dataset: str, root: Path, error: BaseException) -> DatasetNotFoundError:
+    url, instead = download_plan(dataset, root)
+    reason = getattr(error, "reason", None)
+    if reason is None:  # torchvision's own errors: the last line says what went wrong
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(error).__name__
+    reason = str(reason)
+    if reason.startswith("<urlopen error ") and reason.endswith(">"):
+        reason = reason[len("<urlopen error "):-1]
+    return DatasetNotFoundError(
+        f"could not download {dataset} from {url} ({reason}); without internet, put {instead} yourself "
+        f"(with `download: false` they are used and nothing is downloaded)")
+
+
+def _fetch(dataset: str, root: Path, fetch: Callable[[], object], folders: tuple[Path, ...] = ()):
+    """Run a torchvision download; a failure becomes one line saying what was tried and what to do
+    instead. torchvision's own lines ("Failed to download (trying next)") are kept back on failure,
+    and the folders the attempt created (``root`` and ``folders`` in it) are removed while empty."""
+    import contextlib
+    import io
+
+    made = [f for f in (root, *folders) if not f.exists()]
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            result = fetch()
+    except Exception as e:  # URLError, HTTPError, OSError, RuntimeError (checksum, all mirrors failed)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only an empty folder goes
+        raise _download_failed(dataset, root, e) from e
+    print(said.getvalue(), end="")
+    return result
+
+
 # --- arrays --------------------------------------------------------------------------------------
 
 def _nhwc_to_nchw(images: np.ndarray, source: str) -> torch.Tensor:
@@ -274,7 +332,7 @@ def _load_cifar(cfg: DataConfig) -> _Raw:
     if base is None and cfg.download:
         import torchvision
 
-        getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+        _fetch(cfg.dataset, root, lambda: getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True))
         base = root / folder
     if base is None:
         raise _not_found(cfg.dataset, [root / folder / f for f in train_files + test_files],
@@ -292,9 +350,12 @@ def _load_mnist(cfg: DataConfig) -> _Raw:
 
     cls = torchvision.datasets.MNIST if cfg.dataset == "mnist" else torchvision.datasets.FashionMNIST
     root = _root(cfg)
+    if cfg.download:
+        _fetch(cfg.dataset, root, lambda: cls(str(root), train=True, download=True),
+               (root / cls.__name__, root / cls.__name__ / "raw"))
     try:
-        train = cls(str(root), train=True, download=cfg.download)
-        test = cls(str(root), train=False, download=cfg.download)
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
     except RuntimeError as e:
         raise _not_found(cfg.dataset, [root / cls.__name__ / "raw"],
                          "the four idx files (train-images-idx3-ubyte, ...)", True) from e

@@ -4,6 +4,7 @@ pricing on a pricer actor with its inline fallback, preparing a worker process, 
 workers that cannot load effnas."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -125,6 +126,25 @@ def on_driver_node(actor_cls, soft: bool = True):
 
 
 
+@contextlib.contextmanager
+def _without_token_notice():
+    """Drops Ray's notice that token authentication is on ("Set RAY_AUTH_MODE=disabled to opt out"),
+    logged when ray.init starts an instance: for the private instance of one driver it is nothing
+    its user can act on. Authentication itself stays as Ray sets it; every other line Ray logs
+    passes, and joining a cluster is never filtered."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, connect_timeout_s: float,
               where: str):
     """The ``ray`` module, initialised on the study file's ``ray.address`` (None or ``local``: a
@@ -150,7 +170,8 @@ def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, c
         else:
             # "local": a private instance, whatever RAY_ADDRESS or a left-behind cluster address
             # file says (plain ray.init() would try to join that cluster).
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+            with _without_token_notice():
+                ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     finally:
         if main_thread and previous is not None:
             signal.signal(signal.SIGTERM, previous)
