@@ -3,7 +3,7 @@
 ``EFFNAS_KILL_AT=point:n`` makes the n-th pass through ``point`` send SIGKILL to this process, so
 tests and ``bench/fault_injection.py`` can stop a real driver at an exact moment (while sampling,
 while trials train, once it heard of a trained epoch, between writing a result and telling it,
-while exporting) and check that the next ``run`` loses nothing. Unset, it costs one dictionary lookup.
+between queueing a failed trial's retry and telling the failure, while exporting) and check that the next ``run`` loses nothing. Unset, it costs one dictionary lookup.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import signal
 
 __all__ = ["checkpoint", "POINTS"]
 
-POINTS = ("asked", "proposed", "screened", "submitted", "epoch", "recorded", "told", "exporting")
+POINTS = ("asked", "proposed", "screened", "submitted", "epoch", "recorded", "told", "retry_queued", "exporting")
 _counts: dict[str, int] = {}
 
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 
-__all__ = ["cheap_trial", "recipe_echo_trial", "curve_trial", "slow_curve_trial", "failing_trial", "nonfinite_trial", "dying_trial",
+__all__ = ["cheap_trial", "recipe_echo_trial", "curve_trial", "slow_curve_trial", "flaky_trial", "failing_trial", "nonfinite_trial", "dying_trial",
            "sleeping_trial", "bulk_add_trials"]
 
 
@@ -55,6 +55,13 @@ def slow_curve_trial(spec: dict, data, report) -> dict:
         return report(metrics)
 
     return curve_trial(spec, data, paced)
+
+
+def flaky_trial(spec: dict, data, report) -> dict:
+    """Fails the first attempt of every third trial (its retry, another trial number, trains)."""
+    if spec["number"] % 3 == 0 and spec["number"] < 6:
+        raise RuntimeError(f"simulated failure in trial {spec['number']}")
+    return cheap_trial(spec, data, report)
 
 
 def failing_trial(spec: dict, data, report) -> dict:

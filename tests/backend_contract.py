@@ -34,11 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 DRIVER = """
 import sys
+from search import testing
 from search.config import load_study
 from search.sweep import Sweep
-from search.testing import cheap_trial
 cfg = load_study(sys.argv[1])
-Sweep(cfg, trial_fn=None if cfg.execution.backend == "simulated" else cheap_trial).run()
+trial_fn = getattr(testing, sys.argv[2] if len(sys.argv) > 2 else "cheap_trial")
+Sweep(cfg, trial_fn=None if cfg.execution.backend == "simulated" else trial_fn).run()
 """
 
 
@@ -216,6 +217,29 @@ class BackendContract:
             if t.params or t.system_attrs.get("fixed_params"):  # it had drawn, or was a seed: its lineage goes on
                 assert any(r.user_attrs.get("retry_of") == t.number for r in trials)
 
+    def test_a_driver_killed_between_queueing_a_retry_and_telling_the_failure_retries_it_once(self, tmp_path):
+        n = 4
+        changes = {"budget": {"n_trials": n}, "retry": {"max_retries": 1}, **self.flaky()}
+        cfg = self.study(tmp_path, **changes)
+        path = tmp_path / "killed.yaml"
+        path.write_text(yaml.safe_dump(self.study_raw(tmp_path, **changes)))
+        killed = _driver(tmp_path, path, "retry_queued:1", "flaky_trial")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        rerun = _driver(tmp_path, path, None, "flaky_trial")
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        trials = trials_of(cfg)
+        final = [t for t in trials if trial_status(t) == "failed" and t.user_attrs.get("final")]
+        assert statuses(cfg).count("trained") + len(final) == n  # the budget, exactly
+        assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        retried = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
+        assert retried and len(retried) == len(set(retried))  # one retry per failed attempt, never two
+        keys = [t.user_attrs["record"]["arch_key"] for t in trials if trial_status(t) == "trained"]
+        assert len(keys) == len(set(keys))
+
+    def flaky(self) -> dict:
+        """Changes under which some first attempts fail (``flaky_trial`` on Ray backends)."""
+        return {}
+
     def study_raw(self, tmp_path, **changes) -> dict:
         """The study file ``study`` parses (for driver processes)."""
         raise NotImplementedError
@@ -227,13 +251,13 @@ def load(cfg):
     return load_existing_study(cfg.storage_url, cfg.study)
 
 
-def _driver(tmp_path: Path, study: Path, kill_at: str | None) -> subprocess.CompletedProcess:
+def _driver(tmp_path: Path, study: Path, kill_at: str | None, trial: str = "cheap_trial") -> subprocess.CompletedProcess:
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     env.pop("EFFNAS_KILL_AT", None)
     if kill_at:
         env["EFFNAS_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(study)], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(study), trial], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

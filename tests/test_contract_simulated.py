@@ -38,5 +38,8 @@ class TestSimulatedBackend(BackendContract):
     def failing(self) -> dict:
         return {"execution__failure_rate": 1.0}
 
+    def flaky(self) -> dict:
+        return {"execution__failure_rate": 0.4}
+
     def sweep(self, cfg, behaviour: str = "cheap", n_more: int | None = None, log=None) -> Sweep:
         return Sweep(cfg, n_more=n_more, log=log or (lambda _: None))
