@@ -62,7 +62,7 @@ def main() -> None:
     with opener(args.runs, "rt") as f:
         doc = json.load(f)
     settings = doc["settings"]
-    table = tables.load(settings["table_path"])
+    table, _ = tables.load(settings["table_path"])
     normaliser = metrics.Normaliser(table, settings["objectives"])
     runs = [r for r in doc["runs"] if r["method"] == args.method and not r.get("error")]
     rows = []
