@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.export._tables import member_entry
-from search.pareto import front_hypervolumes, hypervolume_over_time, objectives_of, pareto_front
+from search.pareto import front_hypervolumes, hypervolume_over_time, objectives_of, pareto_front, simulated_seconds
 from search.record import trial_status
 from search.seed_report import seed_entries
 
@@ -68,6 +68,7 @@ def status_dict(study: optuna.Study, storage_url: str | None = None) -> dict:
         "wall_seconds": wall,
         "train_seconds": train,
         "overhead_ms_per_trial": _overhead_ms(trials, facts),
+        "simulated_seconds": simulated_seconds(trials),  # None unless the study ran on the simulated backend
         "proxies_scored": sum(1 for f in facts if f.get("proxies") and any(v is not None for v in f["proxies"].values())),
         "pareto": [member_entry(m) for m in front],  # the same entries, under the same keys, as pareto.json
         "seeds": seeds,
@@ -84,8 +85,12 @@ def print_status(study: optuna.Study, storage_url: str | None = None) -> None:
     if s["statuses"].get("interrupted"):
         print(f"{s['statuses']['interrupted']} interrupted (their driver stopped; `run` again re-queues them"
               + (f"; {s['resumed_from_checkpoint']} retries resumed from a checkpoint)" if s["resumed_from_checkpoint"] else ")"))
-    print(f"time: {s['wall_seconds']:.1f}s wall (while trials ran), {s['train_seconds']:.1f}s training"
-          + (f", driver overhead {overhead:.0f} ms per trial on a worker" if overhead is not None else ""))
+    if s["simulated_seconds"] is not None:  # worker and training times are the table's, not this machine's
+        print(f"time: {s['simulated_seconds']:,.0f}s simulated ({s['simulated_seconds'] / 3600:.1f} h on the simulated "
+              f"clock), {s['train_seconds']:,.0f}s of recorded training; {s['wall_seconds']:.1f}s wall for the driver")
+    else:
+        print(f"time: {s['wall_seconds']:.1f}s wall (while trials ran), {s['train_seconds']:.1f}s training"
+              + (f", driver overhead {overhead:.0f} ms per trial on a worker" if overhead is not None else ""))
     if s["proxies_scored"]:
         screened = s["statuses"].get("screened", 0)
         print(f"zero-cost proxies scored on {s['proxies_scored']} proposals"
@@ -105,7 +110,8 @@ def _print_hypervolume_over_time(curve: dict | None) -> None:
         return
     n = len(curve["seconds"])
     picks = sorted({round(k * (n - 1) / 4) for k in range(5)})
-    print("front hypervolume over active wall time (" + curve["space"] + "): "
+    clock = "simulated time" if curve["clock"].startswith("simulated") else "active wall time"
+    print(f"front hypervolume over {clock} (" + curve["space"] + "): "
           + ", ".join(f"{curve['hypervolume'][i]:.3f} at {curve['seconds'][i]:.0f}s" for i in picks))
 
 

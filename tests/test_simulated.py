@@ -144,3 +144,19 @@ def test_stop_when_flat_ends_a_sweep_whose_front_stopped_improving(tmp_path):
     assert any("stopped early (budget.stop_when_flat)" in ln for ln in lines)
     # Run again: the watch is rebuilt from the study and the sweep stays stopped.
     assert Sweep(cfg, log=lambda _: None).run().trained == 0
+
+
+def test_status_and_export_report_the_simulated_clock(tmp_path):
+    from search.export import export_study
+    from search.status import status_dict
+    from search.storage import load_existing_study
+
+    cfg = simulated_study(tmp_path, budget={"n_trials": 6})
+    summary = _run(cfg)
+    study = load_existing_study(cfg.storage_url, cfg.study)
+    s = status_dict(study, cfg.storage_url)
+    assert s["simulated_seconds"] == pytest.approx(summary.clock_seconds)
+    assert s["hypervolume_over_time"]["clock"].startswith("simulated")
+    assert s["hypervolume_over_time"]["seconds"][-1] == pytest.approx(summary.clock_seconds, abs=0.1)
+    doc = export_study(study, tmp_path / "out", log=lambda _: None)
+    assert doc["simulated_seconds"] == pytest.approx(summary.clock_seconds)

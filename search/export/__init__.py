@@ -39,6 +39,7 @@ from search.export._models import MODEL_FORMAT, ExportedModel, export_member_mod
 from search.export._plots import html, points_of
 from search.export._tables import CONVENTIONS, csv_text, data_meta, member_entry
 from search.pareto import (FrontMember, front_candidates, front_hypervolumes, hypervolume_over_time, objectives_of,
+                           simulated_seconds,
                            pareto_front)
 from search.seed_report import seed_entries
 
@@ -82,6 +83,9 @@ def _write_tables_and_plots(study: optuna.Study, front: list[FrontMember], entri
         "n_trained": len(front_candidates(study, trials)),
         "members": entries,
     }
+    simulated = simulated_seconds(trials)
+    if simulated is not None:  # the study ran on the simulated backend: its clock, not this machine's
+        doc["simulated_seconds"] = simulated
     curve = hypervolume_over_time(study, trials)
     doc["hypervolume_over_time"] = curve
     seeds = seed_entries(study, front, trials)

@@ -51,7 +51,7 @@ _LARGE = ("record", "record_pending")  # user attributes fetched and decoded whe
 # front members' are shown.
 FACTS = ("family", "val_acc", "macs", "params", "test_acc", "epochs", "fidelity_reached", "latency_ms",
          "train_seconds", "worker_seconds", "queued_seconds", "resumed_from_epoch", "duplicate_of",
-         "failure_reason", "proxies")
+         "failure_reason", "proxies", "sim_end")
 _EXTRACT = "json_extract(a.value_json, " + ", ".join(f"'$.{k}'" for k in FACTS) + ")"
 
 
