@@ -109,14 +109,20 @@ def test_a_missing_table_and_missing_families_are_refused_when_the_study_is_read
         simulated_study(tmp_path, fidelity={"epochs": 4})
 
 
-def test_a_proposal_the_table_lacks_stops_the_sweep_with_one_error(tmp_path):
+def test_a_space_beyond_the_table_is_refused_before_anything_is_written(tmp_path):
     table = load_table(NBM_TABLE)
     kept = [e for e in table.entries if e.knobs["layer"][0] != 2]  # architectures with layer 0 = 2 are absent
     small = write_table(tmp_path / "small.json.gz", name="part", epochs=1, provenance=dict(table.provenance),
                         entries=[TableEntry(e.family, e.knobs, e.params, e.macs, e.runs, e.epoch_seconds) for e in kept])
     cfg = simulated_study(tmp_path, execution__table=str(small), budget={"n_trials": 30})
+    with pytest.raises(TableError, match="families.nas_bench_macro: the space reaches .* does not hold"):
+        Sweep(cfg, log=lambda _: None).preflight()  # what `validate` runs: refused before anything is written
+    assert not (tmp_path / "run").exists()
+    # A space the probes cannot tell from the table (it lacks one corner they never drew) still stops
+    # the sweep with one error naming the architecture, at the proposal that reaches it.
+    backend = SimulatedBackend(load_table(small), workers=1, seed=0, cost_constraints=lambda c: {}, epochs=1)
     with pytest.raises(TableError, match="holds no nas_bench_macro architecture"):
-        _run(cfg)
+        backend.price(0, "nas_bench_macro", {"layer": [2, 0, 0, 0, 0, 0, 0, 0]})
 
 
 def test_the_plateau_watch_measures_growth_over_its_window():

@@ -102,6 +102,11 @@ class Sweep:
         self.sampler = make_sampler(self.cfg)  # bad sampler options; built once, used by the study
         self._load_data()
         self.spaces = family_spaces(self.cfg)
+        if self.cfg.execution.backend == "simulated":  # a space reaching beyond the table: now, not mid-sweep
+            from search.sweep.backends.simulated import check_table_covers
+            from search.tables import load_table
+
+            check_table_covers(self.cfg, load_table(self.cfg.execution.table), self.spaces)
         check_budget_reachable(self.cfg, self.spaces, self.data_meta)
         check_seed_costs(self.cfg, self.data_meta)
         if self.cfg.warm_start is not None:

@@ -32,7 +32,7 @@ from search.sweep.backends import EpochReport, Event, Finished, Priced, TrialSpe
 from search.sweep.outcome import TrialOutcome
 from search.tables import Table, TableEntry, load_table
 
-__all__ = ["SimulatedBackend", "table_data_meta", "study_clock"]
+__all__ = ["SimulatedBackend", "table_data_meta", "study_clock", "check_table_covers"]
 
 
 def study_clock(trials) -> float:
@@ -52,6 +52,27 @@ def table_data_meta(table: Table) -> dict:
     channels = int(data["in_channels"])
     return {"num_classes": int(data["num_classes"]), "image_size": int(data["image_size"]), "in_channels": channels,
             "mean": list(data.get("mean", [0.0] * channels)), "std": list(data.get("std", [1.0] * channels))}
+
+
+def check_table_covers(cfg, table: Table, spaces: dict[str, dict], probes: int = 300) -> None:
+    """The study's space stays inside the table: its lowest corner and ``probes`` seeded random draws
+    of every family are all recorded (what `validate` can know before a sweep meets a gap).
+
+    Raises:
+        TableError: naming the first architecture the table lacks and the fix.
+    """
+    from space.knobs import draw_random
+    from space.registry import get_family, knobs_json
+
+    rng = random.Random(0)
+    for name, space in spaces.items():
+        family = get_family(name)
+        lowest = {k: (d.choices[0] if hasattr(d, "choices") else d.low) for k, d in space.items()}
+        draws = [family.sample(lowest.__getitem__)] + [family.sample(draw_random(space, rng)) for _ in range(probes)]
+        for knobs in draws:
+            if table.lookup(name, knobs) is None:
+                raise TableError(f"{cfg.path}: families.{name}: the space reaches {knobs_json(knobs)}, which the table "
+                                 f"{table.path} does not hold; narrow the family's knobs to what the table records")
 
 
 @dataclass
