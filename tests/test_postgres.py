@@ -25,18 +25,11 @@ from search.config import parse_study
 from search.exceptions import StorageError
 from search.record import trial_status
 from search.storage import load_existing_study, open_study
+from studies import TINY_CONDENSENET, TINY_SLIMCONV  # spaces of about 10^3 architectures: proposals rarely collide
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 REPO = Path(__file__).resolve().parents[1]
 N_TRIALS = 8
-
-# Spaces of about 10^3 architectures: distinct proposals rarely collide by chance.
-TINY_CONDENSENET = {"num_stages": 3, "layers.0": [1, 2], "layers.1": [1, 2], "layers.2": [1, 2],
-                    "growth.0": [8, 16], "growth.1": [8, 16], "growth.2": [8, 16], "bottleneck": [1, 2],
-                    "stem_channels": [8, 16], "se_start": -1, "hs_start": -1, "head_channels": 0,
-                    "dropout": 0.0, "stem_stride": 1, "last_se_reduction": 0}
-TINY_SLIMCONV = {"layers.0": 1, "layers.1": 1, "layers.2": 1, "layers.3": 1, "base_width": [8, 16],
-                 "groups": 1, "width_mult": [1, 2], "stem": "cifar"}
 
 # Each driver runs the stand-in trial function on its own local Ray instance. Its trials announce
 # themselves (a file per driver) and wait for the test to open the gate once both drivers have a trial

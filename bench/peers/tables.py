@@ -1,8 +1,7 @@
 """Recorded tables for the search benchmark: loading them, and the search space a peer sees.
 
 ``search.tables.load_table`` is the loader of record. Until a table file in its format exists, two
-stand-ins read the raw sources into the same shape (``Table`` / ``TableEntry`` below, field for field
-``search.tables``'s dataclasses):
+stand-ins read the raw sources into ``search.tables``'s own ``Table`` and ``TableEntry``:
 
 - the raw NAS-Bench-Macro JSON (``../shared/data/nas-bench-macro/nas-bench-macro_cifar10.json``):
   family ``nas_bench_macro``, knobs ``{"layer": [8 choices in 0, 1, 2]}``, one epoch per curve
@@ -24,10 +23,12 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from search.tables import Table, TableEntry, canonical_knobs
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -40,34 +41,8 @@ NAMED_TABLES = {
 }
 
 
-@dataclass(frozen=True)
-class TableEntry:
-    family: str
-    knobs: dict
-    params: int
-    macs: int
-    runs: tuple  # tuple[tuple[float, ...], ...]: validation accuracy (fraction) per epoch, per run
-    epoch_seconds: tuple
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    epochs: int
-    provenance: dict
-    entries: tuple
-    path: str
-    _index: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def lookup(self, family, knobs):
-        if not self._index:
-            self._index.update({arch_key(e.family, e.knobs): e for e in self.entries})
-        return self._index.get(arch_key(family, knobs))
-
-
-def arch_key(family: str, knobs: dict) -> str:
-    """One text per architecture (lists and tuples alike)."""
-    return json.dumps([family, knobs], sort_keys=True, separators=(",", ":"))
+# The stand-ins build the loader of record's own classes; one architecture text for every lookup.
+arch_key = canonical_knobs
 
 
 def _read_json(path: Path):
