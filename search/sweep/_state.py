@@ -3,6 +3,7 @@ progress view, and the proposals at each stage (being priced, waiting in the pre
 waiting for a slot, training)."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,17 +69,11 @@ class SweepState:
             return self.policy.budget_left(self.under_way())
         return self.policy.budget_left_shared(self.study.get_trials(deepcopy=False))
 
+    @contextlib.contextmanager
     def timed(self):
         """Adds the enclosed driver work to ``overhead_s``."""
-        return _Timed(self)
-
-
-class _Timed:
-    def __init__(self, state: SweepState):
-        self.state = state
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.state.overhead_s += time.perf_counter() - self.t0
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.overhead_s += time.perf_counter() - t0

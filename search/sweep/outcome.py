@@ -70,10 +70,12 @@ class TrialOutcome:
         art = Artifacts(rest.pop("checkpoint", None), rest.pop("deploy_path", None), rest.pop("artifacts_via", None))
         outcome = dict(curve=tuple(float(a) for a in rest.pop("curve", ()) or ()),
                        busy_seconds=rest.pop("worker_seconds", None), failure_kind=rest.pop("failure_kind", None),
-                       failure_reason=rest.pop("reason", None) or rest.pop("failure_reason", None),
+                       failure_reason=rest.pop("reason", None) or None,
                        traceback=rest.pop("traceback", None), artifacts=art, node=rest.pop("node", None),
                        pid=rest.pop("pid", None))
-        rest.pop("failure_reason", None)
+        failure_reason = rest.pop("failure_reason", None)  # the older spelling of "reason"
+        if outcome["failure_reason"] is None:
+            outcome["failure_reason"] = failure_reason
         metrics = {k: rest.pop(k) for k in _METRICS if k in rest}
         return cls(status=status, metrics=metrics, extra=rest, **outcome)
 
