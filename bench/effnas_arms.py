@@ -7,10 +7,17 @@ benchmark's evaluation dicts (the contract in ``bench/search_benchmark.py``'s do
 - ``effnas``: the defaults a user gets (the study file's defaults: sampler, Pareto ASHA where the
   table has curves, the retry and stall rules);
 - ``effnas-nsga2``, ``effnas-tpe``, ``effnas-gp``, ``effnas-random``: the defaults with that sampler;
-- ``effnas-noasha``: the defaults without the rung rule;
+- ``effnas-noasha``: the defaults without the rung rule; ``effnas-asha-acc``: the rung rule ranking
+  by accuracy alone (Ray Tune's ASHA) instead of Pareto ranking;
 - ``effnas-tpe-mv``: TPE modelling the knobs jointly, with running trials told as "liars" (so
   asynchronous workers do not all sample the same point); ``effnas-nsga2-p24``: NSGA-II with a
   population of 24 (candidates for the default).
+
+A sparse table (effnas's own curves: a few hundred recorded architectures) is searched over the
+space it was recorded from (the families of the recording's study file, its provenance's
+``study_file``) with ``execution.match: nearest``: a proposal the table lacks is served by the
+nearest recorded architecture, the rule the peers' proposals are resolved by (``Space.resolve``).
+The rung rule's settings are MOASHA's in the benchmark: grace period 1, reduction factor 3.
 
 Same rules as every arm: ``settings["workers"]`` simulated workers, the simulated-time budget
 (``budget.time_limit_s`` on the simulated clock: no trial starts after it; trials that would end
@@ -41,10 +48,11 @@ def study_raw(table, settings: dict, seed: int, variant: str, run_dir: Path) -> 
     from search.config import SamplerSection
 
     families = sorted(table.families())
+    recorded_from = recording_families(table)
     raw = {"study": "bench", "run_dir": str(run_dir), "data": {"dataset": "cifar10"},
-           "families": {f: {} for f in families}, "objectives": list(settings["objectives"]),
+           "families": recorded_from or {f: {} for f in families}, "objectives": list(settings["objectives"]),
            "execution": {"backend": "simulated", "table": settings["table_path"], "workers": settings["workers"],
-                         "seed": seed},
+                         "seed": seed, "match": "nearest" if recorded_from else "exact"},
            "sampler": {"name": SAMPLERS.get(variant, SamplerSection().name), "seed": seed,
                        "options": OPTIONS.get(variant, {})},
            "budget": {"n_trials": settings["max_proposals"], "max_trials": settings["max_proposals"],
@@ -55,11 +63,26 @@ def study_raw(table, settings: dict, seed: int, variant: str, run_dir: Path) -> 
     if settings.get("max_macs"):
         raw["constraints"] = {"max_macs": float(settings["max_macs"])}
     if table.epochs > 1 and variant != "effnas-noasha":
-        raw["fidelity"]["asha"] = {"grace_period": 1, "reduction_factor": 2}
+        raw["fidelity"]["asha"] = {"grace_period": 1, "reduction_factor": 3}
+        if variant == "effnas-asha-acc":
+            raw["fidelity"]["asha"]["rank"] = "accuracy"
     designs = settings.get("seed_designs") or []
     if designs:
         raw["seeds"] = [{"family": d["family"], "knobs": d["knobs"], "name": f"design-{i}"} for i, d in enumerate(designs)]
     return raw
+
+
+def recording_families(table) -> dict | None:
+    """The ``families:`` section of the study file a sparse table was recorded with (its
+    provenance's ``study_file``, relative to the repository), or None for a table without one."""
+    import yaml
+
+    name = table.provenance.get("study_file")
+    if not name:
+        return None
+    with open(REPO / name) as f:
+        families = yaml.safe_load(f)["families"]
+    return {f: families[f] for f in sorted(table.families())}
 
 
 def evaluations(trials, budget_seconds: float) -> list[dict]:

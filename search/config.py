@@ -148,6 +148,7 @@ class RaySection:
 
 
 BACKENDS = ("actors", "tune", "simulated")  # search.sweep.backends
+MATCH_RULES = ("exact", "nearest")  # execution.match: how the simulated backend finds a proposal in its table
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ class ExecutionSection:
     workers: int = 4                 # simulated: asynchronous workers
     seed: int = 0                    # simulated: which recorded run each trial replays (drawn per trial)
     failure_rate: float = 0.0        # simulated: share of trials that fail at a random epoch (retry settings)
+    # simulated: "exact": a proposal the table lacks is an error (a full table such as NAS-Bench-Macro);
+    # "nearest": it is served by the nearest recorded architecture of its family (a sparse table).
+    match: str = "exact"
 
 
 @dataclass(frozen=True)
@@ -612,9 +616,10 @@ def _check_execution(cfg: StudyConfig) -> None:
                                                      f"valid: {', '.join(BACKENDS)}")
     if ex.backend == "simulated":
         _check_simulated(cfg)
-    elif ex.table is not None:
-        raise StudyFileError(p, "execution.table", f"a recorded table is replayed by backend: simulated only, but "
-                                                   f"execution.backend is {ex.backend!r}; remove table or set the backend")
+    elif ex.table is not None or ex.match != "exact":
+        key = "execution.table" if ex.table is not None else "execution.match"
+        raise StudyFileError(p, key, f"a recorded table is replayed by backend: simulated only, but "
+                                     f"execution.backend is {ex.backend!r}; remove {key.split('.')[1]} or set the backend")
     if cfg.artifacts is not None:
         if not isinstance(cfg.artifacts, str) or not cfg.artifacts.strip():
             raise StudyFileError(p, "artifacts", f"expected a path or a URI such as s3://bucket/prefix, got {cfg.artifacts!r}")
@@ -641,6 +646,9 @@ def _check_simulated(cfg: StudyConfig) -> None:
         raise StudyFileError(p, "execution.workers", f"must be a positive integer, got {ex.workers!r}")
     if not 0.0 <= ex.failure_rate <= 1.0:
         raise StudyFileError(p, "execution.failure_rate", f"must lie in [0, 1], got {ex.failure_rate!r}")
+    if ex.match not in MATCH_RULES:
+        raise StudyFileError(p, "execution.match", f"unknown rule {ex.match!r}{_did_you_mean(str(ex.match), MATCH_RULES)}; "
+                                                   f"valid: {', '.join(MATCH_RULES)}")
     if "latency" in cfg.objectives or cfg.constraints.max_latency_ms is not None:
         raise StudyFileError(p, "objectives", "a recorded table holds no latency; drop latency from objectives "
                                               "and constraints.max_latency_ms, or use a training backend")

@@ -51,7 +51,8 @@ from typing import Any, Iterable
 from search.exceptions import TableError
 from trainers.atomic import write_atomic
 
-__all__ = ["FORMAT", "TableError", "TableEntry", "Table", "load_table", "write_table", "canonical_knobs"]
+__all__ = ["FORMAT", "TableError", "TableEntry", "Table", "KnobCodes", "load_table", "write_table", "canonical_knobs",
+           "flatten_knobs", "knob_shape", "rebuild_knob"]
 
 FORMAT = "effnas-table/1"
 _TOP_KEYS = ("format", "name", "provenance", "epochs", "architectures")
@@ -104,9 +105,11 @@ class Table:
     entries: tuple[TableEntry, ...]
     path: str
     _index: dict = field(init=False, repr=False, compare=False)
+    _codes: dict = field(init=False, repr=False, compare=False)  # family -> KnobCodes, built when first asked
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {canonical_knobs(e.family, e.knobs): e for e in self.entries})
+        object.__setattr__(self, "_codes", {})
 
     def lookup(self, family: str, knobs: Any) -> TableEntry | None:
         """The entry of ``family`` with ``knobs`` (JSON form or dataclass), or None if not recorded."""
@@ -115,8 +118,141 @@ class Table:
     def families(self) -> set[str]:
         return {e.family for e in self.entries}
 
+    def nearest(self, family: str, knobs: Any) -> TableEntry | None:
+        """The entry of ``family`` with ``knobs``, else the nearest recorded one of that family (see
+        :class:`KnobCodes`; ties to the entry listed first); None when the table has no such family."""
+        hit = self.lookup(family, knobs)
+        if hit is not None:
+            return hit
+        codes = self.knob_codes(family)
+        return None if codes is None else codes.entries[codes.nearest(knobs)]
+
+    def knob_codes(self, family: str) -> "KnobCodes | None":
+        """The family's entries as a matrix of knob codes (built once per table and family)."""
+        if family not in self._codes:
+            entries = [e for e in self.entries if e.family == family]
+            self._codes[family] = KnobCodes(family, entries) if entries else None
+        return self._codes[family]
+
     def __len__(self) -> int:
         return len(self.entries)
+
+
+# --- the nearest recorded architecture -------------------------------------------------------------
+#
+# A sparse table (a few hundred recorded architectures of a space of millions) holds few of the
+# proposals a sampler makes; serving each by the nearest recorded architecture of its family lets a
+# sweep run over it (``execution.match: nearest``) and lets every searcher in a benchmark see the
+# same table through the same rule.
+
+
+def flatten_knobs(value: Any, prefix: str, out: dict) -> None:
+    """Nested knobs as scalar parameters: ``{"growth": [8, 16]}`` -> ``growth.0``, ``growth.1``."""
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            flatten_knobs(v, f"{prefix}.{i}", out)
+    elif isinstance(value, dict):
+        for k in sorted(value):
+            flatten_knobs(value[k], f"{prefix}.{k}", out)
+    else:
+        out[prefix] = value
+
+
+def knob_shape(value: Any):
+    """The nesting of a knob's value (lists, mappings, leaves), to flatten and rebuild it."""
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(knob_shape(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, knob_shape(value[k])) for k in sorted(value)))
+    return "leaf"
+
+
+def rebuild_knob(shape, prefix: str, flat: dict) -> Any:
+    """The inverse of :func:`flatten_knobs` for one knob of ``shape``."""
+    if shape == "leaf":
+        return flat[prefix]
+    kind, parts = shape
+    if kind == "list":
+        return [rebuild_knob(s, f"{prefix}.{i}", flat) for i, s in enumerate(parts)]
+    return {k: rebuild_knob(s, f"{prefix}.{k}", flat) for k, s in parts}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _sorted_choices(values: Iterable) -> list:
+    values = list({json.dumps(v): v for v in values}.values())
+    return sorted(values) if all(_is_number(v) for v in values) else sorted(values, key=json.dumps)
+
+
+class KnobCodes:
+    """A family's recorded architectures as parameters and a code matrix, for nearest matching.
+
+    Every knob is flattened into scalar parameters (``growth.1``); a knob whose nesting differs
+    between entries (lists of different lengths) is one parameter over its JSON texts. ``params``
+    lists each parameter with the values the table holds (sorted). Distance between a proposal and an
+    entry: per numeric parameter the difference scaled by the parameter's range over the family's
+    entries, per other parameter 1 on a mismatch; summed.
+    """
+
+    def __init__(self, family: str, entries: list[TableEntry]):
+        import numpy as np
+
+        self.family, self.entries = family, entries
+        knobs = [e.knobs for e in entries]
+        self.knob_order = sorted({k for kn in knobs for k in kn})
+        self.shapes = {}
+        for k in self.knob_order:
+            seen = {json.dumps(knob_shape(kn.get(k)), sort_keys=True) for kn in knobs}
+            same = len(seen) == 1 and all(k in kn for kn in knobs)
+            self.shapes[k] = knob_shape(knobs[0][k]) if same else None
+        flats = [self.flat(kn) for kn in knobs]
+        self.params = [(p, _sorted_choices(f[p] for f in flats)) for p in flats[0]]
+        self.numeric = np.array([all(_is_number(c) for c in ch) for _, ch in self.params], dtype=bool)
+        self._positions = [{json.dumps(c): n for n, c in enumerate(ch)} for _, ch in self.params]
+        self.codes = np.array([self._row(f) for f in flats]).reshape(len(flats), len(self.params))
+
+    def flat(self, knobs: dict) -> dict:
+        """``knobs`` as this family's scalar parameters (named ``family.knob[.i...]``)."""
+        out: dict = {}
+        for k, shape in self.shapes.items():
+            if shape is None:
+                out[f"{self.family}.{k}"] = json.dumps(knobs.get(k), sort_keys=True)
+            else:
+                flatten_knobs(knobs.get(k), f"{self.family}.{k}", out)
+        return out
+
+    def knobs(self, params: dict) -> dict:
+        """Knobs from this family's parameters (parameters of other families are ignored)."""
+        return {k: json.loads(params[f"{self.family}.{k}"]) if shape is None
+                else rebuild_knob(shape, f"{self.family}.{k}", params) for k, shape in self.shapes.items()}
+
+    def _row(self, flat: dict) -> list[float]:
+        row = []
+        for j, (p, choices) in enumerate(self.params):
+            v = flat.get(p)
+            if self.numeric[j] and _is_number(v):
+                lo, hi = choices[0], choices[-1]
+                row.append((v - lo) / (hi - lo) if hi > lo else 0.0)
+            elif self.numeric[j]:
+                row.append(math.nan)  # a value of another kind: a mismatch
+            else:
+                row.append(float(self._positions[j].get(json.dumps(v), -1)))
+        return row
+
+    def nearest(self, knobs: Any) -> int:
+        """The index (into ``entries``) of the entry nearest ``knobs`` (JSON form or dataclass)."""
+        import numpy as np
+
+        if not isinstance(knobs, dict):
+            from space.registry import knobs_json
+
+            knobs = knobs_json(knobs)
+        row = np.array(self._row(self.flat(knobs)))
+        diff = np.abs(self.codes - row)
+        dist = np.where(self.numeric, np.nan_to_num(diff, nan=1.0), (diff > 0).astype(float)).sum(axis=1)
+        return int(np.argmin(dist))
 
 
 # --- reading ------------------------------------------------------------------------------------

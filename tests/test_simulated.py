@@ -125,6 +125,53 @@ def test_a_space_beyond_the_table_is_refused_before_anything_is_written(tmp_path
         backend.price(0, "nas_bench_macro", {"layer": [2, 0, 0, 0, 0, 0, 0, 0]})
 
 
+def _without_layer0_2(tmp_path) -> Path:
+    table = load_table(NBM_TABLE)
+    kept = [e for e in table.entries if e.knobs["layer"][0] != 2]
+    return write_table(tmp_path / "part.json.gz", name="part", epochs=1, provenance=dict(table.provenance),
+                       entries=[TableEntry(e.family, e.knobs, e.params, e.macs, e.runs, e.epoch_seconds) for e in kept])
+
+
+def test_match_nearest_serves_a_proposal_the_table_lacks_by_its_nearest_architecture(tmp_path):
+    table = load_table(NBM_TABLE)  # six architectures: layers 2-7 at 0, layer 0 never 2
+    kept = [e for e in table.entries if e.knobs["layer"][0] != 2 and not any(e.knobs["layer"][2:])]
+    small = load_table(write_table(tmp_path / "six.json.gz", name="six", epochs=1, provenance=dict(table.provenance),
+                                   entries=[TableEntry(e.family, e.knobs, e.params, e.macs, e.runs, e.epoch_seconds)
+                                            for e in kept]))
+    cfg = simulated_study(tmp_path, execution__table=small.path, execution__match="nearest",
+                          budget={"n_trials": 5, "max_stalls": 500}, sampler={"name": "random", "seed": 1})
+    Sweep(cfg, log=lambda _: None).preflight()  # the space reaches beyond the table: allowed now
+    _run(cfg)
+    trials = trials_of(cfg)
+    for t in trials:
+        rec, proposed = read_record(t), _proposed_layer(t)
+        entry = small.lookup("nas_bench_macro", rec.knobs)
+        assert entry is not None  # every record is a recorded architecture, priced as recorded
+        assert (rec.params, rec.macs) == (entry.params, entry.macs)
+        # the nearest: layer 0 at 2 is nearer 1 than 0; layer 1 as proposed; layers 2-7 are 0 in
+        # every entry, so they do not tell entries apart
+        assert rec.knobs["layer"] == [min(proposed[0], 1), proposed[1]] + [0] * 6
+    trained = [str(read_record(t).knobs["layer"]) for t in trials if trial_status(t) == "trained"]
+    assert len(trained) == 5 and len(set(trained)) == 5  # proposals served by one architecture train it once
+    assert "duplicate" in [trial_status(t) for t in trials]
+
+
+def _proposed_layer(trial) -> list[int]:
+    """What the sampler proposed (the trial's parameters), whatever the table served."""
+    return [int(trial.params[f"nas_bench_macro.layer.{i}"]) for i in range(8)]
+
+
+def test_match_must_be_a_known_rule_on_the_simulated_backend(tmp_path):
+    with pytest.raises(StudyFileError, match="execution.match.*'closest'.*valid: exact, nearest"):
+        simulated_study(tmp_path, execution__match="closest")
+    from studies import digits_raw, with_changes
+    from search.config import parse_study
+
+    raw = with_changes(digits_raw(tmp_path), {"execution__match": "nearest"})
+    with pytest.raises(StudyFileError, match="execution.match.*simulated only"):
+        parse_study(raw, str(tmp_path / "t.yaml"))
+
+
 def test_the_plateau_watch_measures_growth_over_its_window():
     from search.sweep._plateau import Plateau
 

@@ -178,3 +178,54 @@ def test_write_refuses_what_a_reader_would_refuse(tmp_path):
     with pytest.raises(TableError, match="accuracies are fractions"):
         write_table(tmp_path / "t.json", name="x", epochs=2, provenance={}, entries=[bad])
     assert not (tmp_path / "t.json").exists()
+
+
+def _sparse() -> Table:
+    entries = (
+        TableEntry("fam", {"depth": [1, 1], "width": 8, "act": "relu"}, 10, 100, ((0.1,),), (1.0,)),
+        TableEntry("fam", {"depth": [4, 4], "width": 8, "act": "relu"}, 40, 400, ((0.4,),), (1.0,)),
+        TableEntry("fam", {"depth": [1, 1], "width": 32, "act": "gelu"}, 20, 200, ((0.2,),), (1.0,)),
+        TableEntry("fam", {"depth": [2, 2], "width": 16, "act": "relu"}, 30, 300, ((0.3,),), (1.0,)),
+        TableEntry("other", {"depth": [1, 1, 1], "width": 8, "act": "relu"}, 1, 1, ((0.9,),), (1.0,)),
+    )
+    return Table(name="sparse", epochs=1, provenance={}, entries=entries, path="<memory>")
+
+
+def test_nearest_is_the_entry_itself_when_recorded():
+    table = _sparse()
+    for e in table.entries:
+        assert table.nearest(e.family, e.knobs) is e
+
+
+def test_nearest_scales_numbers_by_their_range_and_counts_other_mismatches():
+    table = _sparse()
+    fam = [e for e in table.entries if e.family == "fam"]
+    # depth [2, 1]: |2-1|/3 = 0.33 from entry 0; width 8 matches; nearest is entry 0
+    assert table.nearest("fam", {"depth": [2, 1], "width": 8, "act": "relu"}) is fam[0]
+    # depth [3, 3] is 2 x 1/3 from [4, 4] and 2 x 1/3 from [2, 2], but width 8 (entry 1) beats 16
+    # (entry 3: 8/24 of the width range away)
+    assert table.nearest("fam", {"depth": [3, 3], "width": 8, "act": "relu"}) is fam[1]
+    # a categorical mismatch costs 1: width 30 and gelu are nearest the gelu entry
+    assert table.nearest("fam", {"depth": [1, 1], "width": 30, "act": "gelu"}) is fam[2]
+    assert table.nearest("fam", {"depth": [1, 1], "width": 30, "act": "relu"}) is fam[0]
+    # a value outside the recorded choices (a new activation) is a mismatch with every entry
+    assert table.nearest("fam", {"depth": [4, 4], "width": 8, "act": "silu"}) is fam[1]
+
+
+def test_nearest_ties_go_to_the_entry_listed_first_and_families_stay_apart():
+    table = _sparse()
+    fam = [e for e in table.entries if e.family == "fam"]
+    # halfway between depth [1, 1] and [4, 4] at width 8: equal distances, the first listed wins
+    assert table.nearest("fam", {"depth": [1, 4], "width": 8, "act": "relu"}) is fam[0]
+    assert table.nearest("other", {"depth": [4, 4, 4], "width": 32, "act": "gelu"}).family == "other"
+    assert table.nearest("absent", {"depth": [1, 1]}) is None
+
+
+def test_knob_codes_flatten_and_rebuild_a_family_s_knobs():
+    table = _sparse()
+    codes = table.knob_codes("fam")
+    names = [name for name, _ in codes.params]
+    assert names == ["fam.act", "fam.depth.0", "fam.depth.1", "fam.width"]
+    assert dict(codes.params)["fam.width"] == [8, 16, 32]
+    for e in table.entries[:4]:
+        assert codes.knobs(codes.flat(e.knobs)) == e.knobs

@@ -14,7 +14,8 @@ The space a peer searches is built from the table's entries alone (``Space``): p
 knob flattened into scalar parameters (``growth.1``) with the values the table holds as the
 categorical choices; a knob whose structure differs between entries (lists of different lengths)
 is one categorical parameter over its JSON texts. A proposal is resolved to a table entry by exact
-match, else to the nearest entry of the same family (``Space.resolve``): numeric parameters by
+match, else to the nearest entry of the same family (``Space.resolve``, which is ``search.tables.Table.nearest``,
+the rule effnas's ``execution.match: nearest`` serves proposals by): numeric parameters by
 their distance scaled to [0, 1], the others by mismatch, ties to the entry listed first. On a full
 grid such as NAS-Bench-Macro every proposal matches exactly.
 """
@@ -23,10 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from search.tables import Table, TableEntry, canonical_knobs
 
@@ -134,97 +132,14 @@ def full_seconds(entry) -> float:
 # The space a peer searches
 
 
-def _flatten(value, prefix: str, out: dict) -> None:
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _flatten(v, f"{prefix}.{i}", out)
-    elif isinstance(value, dict):
-        for k in sorted(value):
-            _flatten(value[k], f"{prefix}.{k}", out)
-    else:
-        out[prefix] = value
-
-
-def _shape(value):
-    if isinstance(value, (list, tuple)):
-        return ("list", tuple(_shape(v) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((k, _shape(value[k])) for k in sorted(value)))
-    return "leaf"
-
-
-def _rebuild(shape, prefix: str, flat: dict):
-    if shape == "leaf":
-        return flat[prefix]
-    kind, parts = shape
-    if kind == "list":
-        return [_rebuild(s, f"{prefix}.{i}", flat) for i, s in enumerate(parts)]
-    return {k: _rebuild(s, f"{prefix}.{k}", flat) for k, s in parts}
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _sorted_choices(values) -> list:
-    values = list({json.dumps(v): v for v in values}.values())
-    if all(_is_number(v) for v in values):
-        return sorted(values)
-    return sorted(values, key=lambda v: json.dumps(v))
-
-
-@dataclass
-class FamilySpace:
-    family: str
-    knob_order: list            # top-level knob names
-    shapes: dict                # knob -> structure shape, or None for a knob coded as JSON text
-    params: list                # [(parameter name, choices)], names "family.knob[.i...]"
-    entry_rows: list            # table indices of this family's entries
-    codes: np.ndarray           # entries x params: numeric value scaled to [0, 1], or choice index
-    numeric: np.ndarray         # per parameter: True where every choice is a number
-
-
 class Space:
     """Per family, the table's knobs as categorical parameters; proposals resolved to entries."""
 
     def __init__(self, table):
         self.table = table
         self.entries = list(table.entries)
-        self.index = {arch_key(e.family, e.knobs): i for i, e in enumerate(self.entries)}
-        self.families: dict[str, FamilySpace] = {}
-        by_family: dict[str, list[int]] = {}
-        for i, e in enumerate(self.entries):
-            by_family.setdefault(e.family, []).append(i)
-        for family, rows in by_family.items():
-            knobs = [self.entries[i].knobs for i in rows]
-            names = sorted({k for kn in knobs for k in kn})
-            shapes = {}
-            for k in names:
-                seen = {json.dumps(_shape(kn.get(k)), sort_keys=True) for kn in knobs}
-                shapes[k] = _shape(knobs[0][k]) if len(seen) == 1 and all(k in kn for kn in knobs) else None
-            flats = [self._flat(family, kn, shapes) for kn in knobs]
-            pnames = list(flats[0])
-            params = [(p, _sorted_choices(f[p] for f in flats)) for p in pnames]
-            numeric = np.array([all(_is_number(c) for c in ch) for _, ch in params], dtype=bool)
-            codes = np.zeros((len(rows), len(params)))
-            for j, (p, ch) in enumerate(params):
-                if numeric[j]:
-                    lo, hi = min(ch), max(ch)
-                    codes[:, j] = [(f[p] - lo) / (hi - lo) if hi > lo else 0.0 for f in flats]
-                else:
-                    pos = {json.dumps(c): n for n, c in enumerate(ch)}
-                    codes[:, j] = [pos[json.dumps(f[p])] for f in flats]
-            self.families[family] = FamilySpace(family, names, shapes, params, rows, codes, numeric)
-
-    @staticmethod
-    def _flat(family: str, knobs: dict, shapes: dict) -> dict:
-        out: dict = {}
-        for k, shape in shapes.items():
-            if shape is None:
-                out[f"{family}.{k}"] = json.dumps(knobs.get(k), sort_keys=True)
-            else:
-                _flatten(knobs[k], f"{family}.{k}", out)
-        return out
+        self.row_of = {id(e): i for i, e in enumerate(self.entries)}
+        self.families = {f: table.knob_codes(f) for f in dict.fromkeys(e.family for e in self.entries)}
 
     @property
     def family_names(self) -> list[str]:
@@ -233,44 +148,19 @@ class Space:
     def params_of(self, entry_index: int) -> dict:
         """The parameters (with ``family`` when the table has several) that name a table entry."""
         e = self.entries[entry_index]
-        fs = self.families[e.family]
         out = {"family": e.family} if len(self.families) > 1 else {}
-        out.update(self._flat(e.family, e.knobs, fs.shapes))
+        out.update(self.families[e.family].flat(e.knobs))
         return out
 
     def knobs_of(self, family: str, params: dict) -> dict:
         """Knobs of ``family`` from its flattened parameters (parameters of other families ignored)."""
-        fs = self.families[family]
-        out = {}
-        for k in fs.knob_order:
-            shape = fs.shapes[k]
-            if shape is None:
-                out[k] = json.loads(params[f"{family}.{k}"])
-            else:
-                out[k] = _rebuild(shape, f"{family}.{k}", params)
-        return out
+        return self.families[family].knobs(params)
 
     def resolve(self, family: str, knobs: dict) -> int | None:
-        """The table entry a proposal stands for: exact match, else the nearest of its family."""
-        hit = self.index.get(arch_key(family, knobs))
-        if hit is not None:
-            return hit
-        fs = self.families.get(family)
-        if fs is None:
-            return None
-        flat = self._flat(family, knobs, fs.shapes)
-        row = np.zeros(len(fs.params))
-        for j, (p, ch) in enumerate(fs.params):
-            v = flat.get(p)
-            if fs.numeric[j] and _is_number(v):
-                lo, hi = min(ch), max(ch)
-                row[j] = (v - lo) / (hi - lo) if hi > lo else 0.0
-            else:
-                pos = {json.dumps(c): n for n, c in enumerate(ch)}
-                row[j] = pos.get(json.dumps(v), -1)
-        diff = np.abs(fs.codes - row)
-        dist = np.where(fs.numeric, diff, (diff > 0).astype(float)).sum(axis=1)
-        return fs.entry_rows[int(np.argmin(dist))]
+        """The table entry a proposal stands for: exact match, else the nearest of its family
+        (``search.tables.Table.nearest``, the rule effnas's ``execution.match: nearest`` uses)."""
+        entry = self.table.nearest(family, knobs)
+        return None if entry is None else self.row_of[id(entry)]
 
     def size(self) -> int:
         return len(self.entries)

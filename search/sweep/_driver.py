@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from optuna.trial import TrialState
+
 from search import faults
 from search.config import StudyConfig
 from search.exceptions import DataError, SearchSpaceExhausted
@@ -32,6 +34,7 @@ from search.sweep.backends import Backend, EpochReport, Finished, Priced, make_b
 __all__ = ["Sweep", "load_study_data"]
 
 _LOOKAHEAD = 1  # architectures asked and priced ahead of the free workers
+_WAIT_S = 0.5  # how often a driver waiting on other drivers' trials looks at the study
 
 
 def load_study_data(cfg: StudyConfig):
@@ -80,6 +83,7 @@ class Sweep:
         self.shared_db = sqlite_path(cfg.storage_url) is None
         self.state: SweepState | None = None
         self._reaped_at = time.monotonic()
+        self._waiting = False  # said once that it waits for other drivers' trials
 
     # -- set-up ---------------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -102,7 +106,8 @@ class Sweep:
         self.sampler = make_sampler(self.cfg)  # bad sampler options; built once, used by the study
         self._load_data()
         self.spaces = family_spaces(self.cfg)
-        if self.cfg.execution.backend == "simulated":  # a space reaching beyond the table: now, not mid-sweep
+        if self.cfg.execution.backend == "simulated" and self.cfg.execution.match == "exact":
+            # a space reaching beyond the table: now, not mid-sweep
             from search.sweep.backends.simulated import check_table_covers
             from search.tables import load_table
 
@@ -222,10 +227,12 @@ class Sweep:
                 if not exhausted:
                     proposals.propose_one()
             if not st.inflight and not st.pending and not st.ready:
-                if not st.pool:
+                if st.pool:  # no more proposals come: choose from what the pool holds, unless the time is up
+                    proposals.screen_pool(release=out_of_time)
+                    continue
+                if out_of_time or exhausted or not self._others_running():
                     break
-                # No more proposals come: choose from what the pool holds, unless the time is up.
-                proposals.screen_pool(release=out_of_time)
+                self._wait_for_others()
                 continue
             # Woken at least every second while trials train, for the per-epoch progress.
             for event in self.backend.next_events(timeout=1.0 if st.inflight else None):
@@ -239,6 +246,23 @@ class Sweep:
             flat = self.cfg.budget.stop_when_flat
             self.log(f"the front grew by less than {flat.min_gain:.1%} over the last {flat.window} trained trials: "
                      f"stopped early (budget.stop_when_flat)")
+
+    def _others_running(self) -> int:
+        """Trials other drivers hold RUNNING on a shared database (this one holds none now)."""
+        if not self.shared_db:
+            return 0
+        return len(self.state.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    def _wait_for_others(self) -> None:
+        """The budget is spoken for by other drivers' trials: wait for them to end rather than exit,
+        re-queueing those whose driver stops beating (then taken here): a driver killed near the
+        end loses nothing even when nobody runs it again."""
+        if not self._waiting:
+            self._waiting = True
+            self.log(f"waiting for {self._others_running()} trial(s) of other drivers to end "
+                     f"(those of a driver that stops are re-queued and trained here)")
+        time.sleep(_WAIT_S)
+        self._reap_stale()
 
     def _reap_stale(self) -> None:
         """On a shared database, re-queue the trials of drivers that stopped beating while this one

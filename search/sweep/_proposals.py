@@ -62,6 +62,8 @@ class Proposals:
                     proposal = seed_proposal(trial, s.spaces, s.fidelity)
                 else:
                     proposal = propose(trial, s.spaces, s.fidelity)
+            if s.cfg.execution.match == "nearest":
+                proposal = s.backend.served(proposal, s.fidelity)
             faults.checkpoint("proposed")
             if proposal.key in s.costs:
                 self.decide(proposal)

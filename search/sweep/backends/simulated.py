@@ -11,7 +11,11 @@ its outcome. Events come back in simulated-time order; ties in submission order.
 
 Pricing is the table's: params and MACs as recorded (equal to effnas's cost model, which a test
 checks for the shipped tables), the study's constraints applied to them. A proposal the table does
-not hold stops the sweep with a :class:`~search.exceptions.TableError` naming it.
+not hold stops the sweep with a :class:`~search.exceptions.TableError` naming it, unless the study
+says ``execution.match: nearest``: then the nearest recorded architecture of its family
+(:meth:`search.tables.Table.nearest`) stands for it from the start (its knobs are the trial's record
+and its dedup key, so two proposals served by one architecture train it once), which lets a sweep
+run over a sparse table such as a few hundred recorded architectures of effnas's own families.
 
 The clock is the study's: a resumed sweep starts where the last simulated trial ended, so a study's
 simulated time (``status``, ``export``) and ``budget.time_limit_s`` count across runs. Every record
@@ -20,6 +24,7 @@ share of trials fail at a random epoch (``failure_kind: simulated``), to try ret
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -126,6 +131,19 @@ class SimulatedBackend:
     def start(self, data, rung_rule) -> int:
         self.rule = rung_rule
         return self.workers
+
+    def served(self, proposal, fidelity: dict):
+        """``execution.match: nearest``: the proposal, or the table's nearest recorded architecture of
+        its family standing for it (knobs and dedup key; the trial's parameters keep what the sampler
+        proposed, so the sampler learns what its proposal was served)."""
+        from search.record import arch_key
+        from space.registry import get_family
+
+        entry = self.table.nearest(proposal.family, proposal.knobs_dict)
+        if entry is None or entry is self.table.lookup(proposal.family, proposal.knobs_dict):
+            return proposal
+        return dataclasses.replace(proposal, knobs=get_family(proposal.family).knobs_from_dict(entry.knobs),
+                                   knobs_dict=entry.knobs, key=arch_key(proposal.family, entry.knobs, fidelity))
 
     def free_slots(self) -> int:
         return self.workers - len(self.running)
