@@ -14,7 +14,8 @@ first. Arms:
   ``OptunaSearch(NSGAIISampler)`` over the same knob draws, each trial trained with the same trainer;
   it prices every draw, tells an over-limit one to Optuna as infeasible without starting a trial, and
   gets the seeds through ``points_to_evaluate``.
-- ``effnas``: the study file as written (NSGA-II, the MACs pre-filter, Pareto ASHA, two paper seeds).
+- ``effnas``: the study file as written (the default sampler, TPE; the MACs pre-filter, Pareto ASHA,
+  two paper seeds).
 - ``effnas_no_prefilter``, ``effnas_no_asha``, ``effnas_no_seeds``: one feature off each.
 
 Reported per arm and run: the hypervolume of the validation front over time (every 15 s, and at every
