@@ -66,8 +66,6 @@ def _trace(pts: list[dict], cost: str, name: str, family: str | None, axis: int,
 def html(points: list[dict], title: str, curve: dict | None = None) -> str:
     """Accuracy against MACs and against params (one point per trained trial), and the front's
     hypervolume over active wall time (``curve``, from ``search.pareto.hypervolume_over_time``)."""
-    import plotly.io as pio
-
     knobs = len(points) <= _KNOBS_IN_HOVER_UP_TO
     groups = [("trained", [p for p in points if not p["front"]], None)]
     groups += [(f"front: {fam}", [p for p in points if p["front"] and p["family"] == fam], fam)
@@ -80,7 +78,7 @@ def html(points: list[dict], title: str, curve: dict | None = None) -> str:
                      "y": curve["hypervolume"], "xaxis": "x3", "yaxis": "y2", "name": "front hypervolume",
                      "showlegend": False, "hovertemplate": "%{y:.4f} after %{x:.0f} s<extra></extra>"})
     layout = {
-        "title": {"text": title}, "template": pio.templates["plotly_white"].to_plotly_json(), "hovermode": "closest",
+        "title": {"text": title}, "template": _plotly_file("templates", "plotly_white.json", json=True), "hovermode": "closest",
         "xaxis": {"type": "log", "title": {"text": "MACs"}, "domain": [0.0, 0.3]},
         "xaxis2": {"type": "log", "title": {"text": "params"}, "domain": [0.35, 0.65]},
         "xaxis3": {"title": {"text": "active wall time (s)"}, "domain": [0.72, 1.0], "anchor": "y2"},
@@ -91,9 +89,47 @@ def html(points: list[dict], title: str, curve: dict | None = None) -> str:
                         for text, x in (("accuracy vs MACs", 0.15), ("accuracy vs params", 0.5),
                                         ("front hypervolume over time", 0.86))],
     }
-    # Inline plotly.js: the page must open without a network (a cluster node, a laptop on a train).
-    return pio.to_html({"data": data, "layout": layout}, include_plotlyjs=True, full_html=True,
-                       include_mathjax=False, validate=False)
+    return _page(data, layout, title)
+
+
+def _plotly_file(*parts: str, json: bool = False):
+    """A file of plotly's package data (plotly.js, a template), read without importing plotly:
+    its figure classes cost a third of a second to import, and the page needs none of them."""
+    import importlib.util
+    import json as json_
+    import os
+
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError("plotly is not installed (pip install plotly): pareto.html embeds its plotly.js")
+    with open(os.path.join(os.path.dirname(spec.origin), "package_data", *parts), encoding="utf-8") as f:
+        return json_.load(f) if json else f.read()
+
+
+def _page(data: list, layout: dict, title: str) -> str:
+    """One self-contained page: plotly.js inlined (it must open without a network: a cluster node,
+    a laptop on a train) and the figure drawn by ``Plotly.newPlot``."""
+    import html as html_
+    import json
+
+    # "</" inside a script's JSON would end the script early: escaped, the JSON reads the same.
+    # NaN and Infinity, which JSON lacks, are JavaScript's own names.
+    figure = ", ".join(json.dumps(part, separators=(",", ":"), default=_plain).replace("</", "<\\/")
+                       for part in (data, layout, {"responsive": True}))
+    return ("<!DOCTYPE html>\n<html>\n<head><meta charset=\"utf-8\" />"
+            f"<title>{html_.escape(title)}</title></head>\n"
+            "<body style=\"margin:0\">\n"
+            f"<script type=\"text/javascript\">{_plotly_file('plotly.min.js')}</script>\n"
+            "<div id=\"pareto\" class=\"plotly-graph-div\" style=\"height:100vh; width:100%;\"></div>\n"
+            f"<script type=\"text/javascript\">Plotly.newPlot(\"pareto\", {figure});</script>\n"
+            "</body>\n</html>\n")
+
+
+def _plain(value):
+    """numpy scalars and arrays as JSON writes Python's own."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def png(points: list[dict], title: str, curve: dict | None = None) -> bytes:
