@@ -376,3 +376,24 @@ def test_the_true_front_of_nas_bench_macro_matches_the_anchor():
         assert len(front) == 177, source
         assert hv == pytest.approx(0.686, abs=5e-4), source
         assert math.isclose(hv, 0.68614, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["effnas", "effnas-asha-acc"])
+def test_effnas_arms_search_the_sparse_curves_table_through_its_nearest_entries(variant):
+    from bench.effnas_arms import run_effnas
+
+    path = REPO / "bench" / "data" / "cifar10_curves_table.json.gz"
+    table, _ = tables.load(str(path))
+    settings = {**_settings(table, evaluations=6, workers=2, max_proposals=30), "table_path": str(path),
+                "max_zero_cost_streak": 30}
+    records = run_effnas(str(path), settings, 0, variant)
+    assert records and {r["status"] for r in records} <= STATUSES
+    index = {tables.arch_key(e.family, e.knobs): e for e in table.entries}
+    ran = [r for r in records if r["status"] in ("trained", "stopped")]
+    assert ran and "stopped" in {r["status"] for r in ran}  # the rung rule acts on the recorded curves
+    for r in ran:  # every trial is a recorded architecture, at its recorded costs and curve
+        entry = index[tables.arch_key(r["family"], r["knobs"])]
+        assert (r["macs"], r["params"]) == (entry.macs, entry.params)
+        assert r["accuracy"] == entry.runs[0][r["epochs"] - 1]
+    keys = [tables.arch_key(r["family"], r["knobs"]) for r in ran]
+    assert len(keys) == len(set(keys))  # served twice, trained once
