@@ -23,16 +23,17 @@ from search.exceptions import StorageError, StudyFileError
 from search.storage import _optuna_compat as compat
 from search.storage._optuna_compat import NATIVE_CONSTRAINTS, params_in_one_write, set_constraints
 from search.storage._optuna_compat import stale_trial_callback_kwargs as _stale_kwargs
-from search.storage._shared import Heartbeat, budget_lock, requeue_stale_trial
+from search.storage._shared import GRACE_BEATS, Heartbeat, budget_lock, reap_stale_trials, requeue_stale_trial
 from search.storage._sqlite import DriverLock, driver_holds, prepare_sqlite, study_names_in_file, tune_sqlite
 from search.storage._reader import StoredTrial, read_params, read_trials
 from search.storage._urls import display_url, sqlite_path
 
 __all__ = ["open_storage", "open_study", "load_existing_study", "make_sampler", "check_existing_database",
            "sqlite_path", "display_url", "DriverLock", "Heartbeat", "budget_lock", "params_in_one_write",
-           "set_constraints", "driver_holds", "read_trials", "read_params", "StoredTrial", "HEARTBEAT_S"]
+           "set_constraints", "driver_holds", "read_trials", "read_params", "StoredTrial", "HEARTBEAT_S",
+           "reap_stale_trials"]
 
-HEARTBEAT_S = 5  # seconds between heartbeats on a shared database; a trial is stale after 6 missed
+HEARTBEAT_S = 5  # seconds between heartbeats on a shared database; a trial is stale after GRACE_BEATS missed
 
 
 def _constraints_of(trial) -> list[float]:
@@ -107,7 +108,8 @@ def open_storage(url: str, create: bool) -> optuna.storages.RDBStorage:
         prepare_sqlite(path)
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if path is not None else {"pool_pre_ping": True}
     # Several drivers may share a server database: heartbeats tell a dead driver's trials apart.
-    shared = {} if path is not None else {"heartbeat_interval": HEARTBEAT_S, "grace_period": 6 * HEARTBEAT_S,
+    shared = {} if path is not None else {"heartbeat_interval": HEARTBEAT_S,
+                                          "grace_period": GRACE_BEATS * HEARTBEAT_S,
                                           **_stale_kwargs(requeue_stale_trial)}
     try:
         storage = _create_rdb_storage(url, engine_kwargs, shared)

@@ -14,6 +14,9 @@ What Optuna's public API cannot do, and where effnas reaches inside:
 - ``fail_trial``: user attributes and FAIL on a trial this driver holds no ``Trial`` for (storage
   setters by id). Fallback: an ``optuna.Trial`` for it (built from its id, see ``trial_id``) and
   ``Study.tell`` by number.
+- ``heartbeat_ages``: how long ago each trial last beat, read from Optuna's ``trial_heartbeats``
+  table with SQL (no API reads a heartbeat), through ``rdb_engine``: effnas reaps stale trials
+  itself, under the budget lock, and also those that never beat (Optuna's stale check skips them).
 - ``stale_trial_callback_kwargs``: the RDBStorage argument renamed in Optuna 4.9 (public either way,
   found by signature).
 - ``set_user_attrs``: a trial's record attributes in one transaction (``RDBStorage`` internals).
@@ -42,7 +45,8 @@ except ImportError:  # pragma: no cover - an Optuna without it keeps its own cac
     _CachedStorage, _StudyInfo = None, None
 
 __all__ = ["storage_of", "trial_id", "rdb_engine", "register_engine", "params_in_one_write", "set_constraints",
-           "stale_trial_callback_kwargs", "heartbeat_interval", "record_heartbeat", "fail_trial",
+           "stale_trial_callback_kwargs", "heartbeat_interval", "record_heartbeat", "heartbeat_ages",
+           "fail_trial", "fail_if_running",
            "NATIVE_CONSTRAINTS", "single_writer_cache", "set_user_attrs"]
 
 FORCE_PUBLIC = False
@@ -310,6 +314,34 @@ def record_heartbeat(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> 
     storage = storage_of(study)
     if hasattr(storage, "record_heartbeat"):
         storage.record_heartbeat(trial_id(trial))
+
+
+def heartbeat_ages(study: optuna.Study, ids: list[int], url: str | None = None) -> dict[int, float] | None:
+    """Seconds since the last heartbeat of each of the storage ids ``ids`` that ever beat, by the
+    database's clock (Optuna's ``trial_heartbeats`` table, read with SQL as Optuna's own stale check
+    reads it, through :func:`rdb_engine`). None without an engine: nothing can be told stale."""
+    engine = rdb_engine(study, url)
+    if engine is None:
+        return None
+    if not ids:
+        return {}
+    import sqlalchemy
+
+    query = sqlalchemy.text("SELECT trial_id, heartbeat FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True))
+    with engine.connect() as conn:
+        now = conn.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar_one().replace(tzinfo=None)
+        return {tid: (now - beat).total_seconds() for tid, beat in conn.execute(query, {"ids": list(ids)})}
+
+
+def fail_if_running(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> bool:
+    """:func:`fail_trial` on a trial another driver left RUNNING; False when it was finished
+    meanwhile (by its driver, late, or by another reaper)."""
+    try:
+        fail_trial(study, trial, attrs)
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        return False
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:

@@ -40,7 +40,8 @@ class Proposals:
             if s.budget_left() <= 0:  # others took the last slots meanwhile
                 return None
             trial = s.study.ask()
-        compat.record_heartbeat(s.study, trial)  # a trial never beating is never stale
+        faults.checkpoint("unbeaten")  # killed here, the trial never beats: reaped by its start time
+        compat.record_heartbeat(s.study, trial)
         return trial
 
     def propose_one(self) -> None:

@@ -12,7 +12,7 @@ from search.config import StudyConfig
 from search.lineage import requeue
 from search.record import TrialStatus, read_record, trial_status
 from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR
-from search.storage import budget_lock
+from search.storage import budget_lock, reap_stale_trials
 from search.storage import _optuna_compat as compat
 from search.sweep._policy import SweepPolicy, budget_used
 from search.sweep._spec import rung_costs
@@ -24,13 +24,12 @@ def recover(study: optuna.Study, shared_db: bool) -> int:
     """Mark trials a dead driver left RUNNING as interrupted and queue them again, lineage and all.
 
     On SQLite this driver holds the study's lock, so every RUNNING trial is orphaned. On a shared
-    database only trials whose heartbeat stopped are (Optuna's stale-trial check; the re-queue
-    happens in its callback, ``search.storage``). A trial whose retry is already queued (its driver
-    died between queueing the retry and telling the failure) is not queued twice."""
+    database only trials whose heartbeat stopped are, or that never beat and started longer ago than
+    the grace period (their driver died between ``ask`` and the first heartbeat); they are re-queued
+    under the budget lock (``search.storage.reap_stale_trials``). A trial whose retry is already
+    queued (its driver died between queueing the retry and telling the failure) is not queued twice."""
     if shared_db:
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        optuna.storages.fail_stale_trials(study)
-        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
+        return reap_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     stale = [t for t in trials if t.state == TrialState.RUNNING]
