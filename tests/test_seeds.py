@@ -165,3 +165,18 @@ def test_a_seed_design_gets_the_familys_defaults_for_the_knobs_it_leaves_out():
 
     (seed,) = parse_seeds([{"family": "rsnet", "knobs": {"groups": 4}}], {"rsnet": FamilySection()}, "s.yaml")
     assert seed.knobs.shuffle is False and seed.knobs_dict["shuffle"] is False
+
+
+def test_seeds_are_queued_as_chosen_so_pre_screening_never_screens_them_out(tmp_path):
+    """Pre-screening keeps a share of each pool by a proxy: a seed, the user's own design, must
+    train whatever its proxy score (it used to be pooled like any proposal and could be screened)."""
+    import optuna
+
+    from search.lineage import PRESCREEN_KEPT_ATTR
+    from search.sweep._start import enqueue_seeds
+
+    cfg = _cfg(tmp_path, prescreen={"proxy": "synflow", "pool": 4, "keep": 0.5})
+    study = optuna.create_study(directions=cfg.directions)
+    enqueue_seeds(cfg, study, lambda _: None)
+    queued = study.get_trials(deepcopy=False)
+    assert len(queued) == 2 and all(t.user_attrs[PRESCREEN_KEPT_ATTR] is True for t in queued)

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from search.asha import Asha
 from search.config import StudyConfig
-from search.lineage import requeue
+from search.lineage import PRESCREEN_KEPT_ATTR, requeue
 from search.record import TrialStatus, read_record, trial_status
 from search.seeds import SEED_ATTR, SEED_KNOBS_ATTR
 from search.storage import budget_lock, reap_stale_trials
@@ -44,7 +44,8 @@ def recover(study: optuna.Study, shared_db: bool) -> int:
 def enqueue_seeds(cfg: StudyConfig, study: optuna.Study, log: Callable[[str], None]) -> None:
     """Queue every seed no live lineage carries yet (a seed trained, running or queued is its own
     lineage: retries carry it on; one whose lineage ended in a final failure is not tried again).
-    Queued trials are asked before the sampler is, so the seeds are trained first."""
+    Queued trials are asked before the sampler is, so the seeds are trained first. A seed is the
+    user's own design: pre-screening never screens it out (it is queued as already chosen)."""
     if not cfg.seeds:
         return
     with budget_lock(study, cfg.storage_url):  # two drivers starting together queue each seed once
@@ -52,7 +53,8 @@ def enqueue_seeds(cfg: StudyConfig, study: optuna.Study, log: Callable[[str], No
         new = [s for s in cfg.seeds if s.name not in known]
         for seed in new:
             study.enqueue_trial({"family": seed.family}, skip_if_exists=False,
-                                user_attrs={SEED_ATTR: seed.name, SEED_KNOBS_ATTR: seed.knobs_dict})
+                                user_attrs={SEED_ATTR: seed.name, SEED_KNOBS_ATTR: seed.knobs_dict,
+                                            PRESCREEN_KEPT_ATTR: True})
     if new:
         log(f"{len(new)} seed(s) queued to train first: {', '.join(s.name for s in new)}")
 
