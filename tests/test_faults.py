@@ -1,15 +1,20 @@
-"""Crash safety with real processes: `export` SIGKILLed midway, then run again.
+"""Crash safety with real processes: `export` SIGKILLed midway, then run again; the fault-injection
+matrix (every driver fault point x every kind of trial) on the simulated backend.
 
 A driver SIGKILLed at a chosen moment of its loop is part of every backend's contract
-(``tests/backend_contract.py``); the long randomised version is ``bench/fault_injection.py``.
+(``tests/backend_contract.py``); the full matrix, pre-screened trials on Ray and ``unbeaten`` on
+PostgreSQL included, is ``bench/fault_injection.py`` (``unbeaten`` is also ``test_shared_kills.py``).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
+import traceback
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -70,3 +75,62 @@ def test_export_killed_midway_then_rerun_is_complete(tmp_path):
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert {p.name for p in out.iterdir()} >= {"pareto.csv", "pareto.json", "pareto.html", "pareto.png"}
+
+
+# -- the matrix ---------------------------------------------------------------------------------------
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("fault_injection", REPO / "bench" / "fault_injection.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fault_injection"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def forked_driver(folder: Path, study: Path, case, kill_at: str | None) -> int:
+    """The real driver in a forked child of this process (no interpreter start-up, no imports: a
+    fraction of a second), SIGKILLing itself at ``kill_at``; its exit status as subprocess gives it."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from search import faults
+            from search.config import load_study
+            from search.sweep import Sweep
+
+            os.environ.pop("EFFNAS_KILL_AT", None)
+            os.environ.update({"EFFNAS_KILL_AT": kill_at} if kill_at else {})
+            faults._counts.clear()
+            Sweep(load_study(str(study)), log=lambda _: None).run()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+# (point, n): the first trials (seeds) and a later one, where the simulated study holds retries.
+MATRIX = {"asked": (1, 11), "proposed": (1, 11), "submitted": (1, 6), "epoch": (1, 11), "recorded": (1, 4),
+          "told": (1, 4), "retry_queued": (1,)}
+
+
+def test_every_fault_point_on_every_kind_of_trial_loses_nothing(tmp_path):
+    """The simulated study of the bench (seeds, a warm start, failures and retries, the rung rule)
+    killed at every driver fault point it passes, early and late, then run to the end: nothing lost,
+    trained twice or left running, the budget exact, each seed trained once with its own knobs over
+    every epoch, the source imported once. Every kind of trial this backend has was in flight at
+    some kill (pre-screened trials need Ray: bench/fault_injection.py, test_prescreen.py)."""
+    fi = _bench()
+    (case,) = fi.cases(tmp_path, None, ray=False)
+    assert set(MATRIX) == set(case.points)
+    caught, problems, missed = Counter(), Counter(), []
+    for point, ns in MATRIX.items():
+        cell = fi.run_cell(tmp_path, case, point, ns, forked_driver)
+        caught.update(cell.caught)
+        problems.update(cell.problems)
+        missed += [point] if cell.kills != len(ns) else []
+    assert not missed, f"points not passed as often as the matrix says: {missed}"
+    assert not +problems, dict(+problems)
+    assert set(caught) == {"seed", "retry", "warm-started", "plain"}, dict(caught)
