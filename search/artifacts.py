@@ -13,20 +13,31 @@ Either way no file is left at a path only one node can see: ``export --models`` 
 every trained member's weights, and a trial interrupted on one node resumes from its last epoch
 checkpoint on another. The trainer itself always writes a local folder (a scratch folder on the
 worker when the artifacts live elsewhere); :class:`TrialArtifacts` moves files between the two.
+
+What a killed driver or worker leaves (a scratch folder ``effnas-trial-<writer>-*`` in the worker's
+temporary folder, a ``.tmp`` file of :func:`~trainers.atomic.write_atomic`, a ``.partial`` upload)
+names its writer (:func:`~trainers.atomic.writer_tag`): a worker removes the scratch folders of dead
+workers of its node when it starts a trial, and temporary files of dead writers in the trial's
+folder; a driver removes those in its run directory and artifact location when it starts
+(:func:`clean_leftovers`). A live writer's files are never touched.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
-from trainers.atomic import write_atomic
+from trainers.atomic import is_stale, remove_stale_temp_files, write_atomic, writer_gone, writer_tag
 
 __all__ = ["is_uri", "to_uri", "check_location", "DriverStore", "start_driver_store", "bind_driver_store",
-           "trial_artifacts", "TrialArtifacts", "read_artifact"]
+           "trial_artifacts", "TrialArtifacts", "read_artifact", "clean_leftovers", "remove_stale_scratch"]
+
+SCRATCH_PREFIX = "effnas-trial-"
+_SCRATCH_NAME = re.compile(r"^effnas-trial-(\d+)-(\d+)-([A-Za-z0-9_]+)-")
 
 _driver_store = None      # this worker process's handle on the driver's DriverStore (None: none bound)
 _store_is_local = None    # whether that store runs on this worker's node (asked once per process)
@@ -136,7 +147,8 @@ class _ScratchArtifacts(TrialArtifacts):
 
     def __init__(self, location: str):
         super().__init__(location)
-        self.local_dir = tempfile.mkdtemp(prefix="effnas-trial-")
+        remove_stale_scratch()
+        self.local_dir = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{writer_tag()}-")
 
     def _get(self, name: str) -> bytes | None:
         raise NotImplementedError
@@ -197,7 +209,7 @@ class _FilesystemArtifacts(_ScratchArtifacts):
         self.fs.create_dir(self.base, recursive=True)
         # A temporary name of this write alone: two writers of one file (a retry next to a worker
         # still finishing, two drivers on a shared location) never write into each other's.
-        final, tmp = f"{self.base}/{name}", f"{self.base}/.{name}.{uuid.uuid4().hex}.partial"
+        final, tmp = f"{self.base}/{name}", f"{self.base}/.{name}.{writer_tag()}.{uuid.uuid4().hex}.partial"
         try:
             with self.fs.open_output_stream(tmp) as out:
                 out.write(data)
@@ -221,8 +233,51 @@ def trial_artifacts(location: str) -> TrialArtifacts:
     if is_uri(location):
         return _FilesystemArtifacts(location)
     if _driver_store is None or _store_on_this_node():
+        if os.path.isdir(location):  # what a killed worker of an earlier attempt was writing
+            remove_stale_temp_files(location)
         return TrialArtifacts(location)
     return _DriverArtifacts(location, _driver_store)
+
+
+# -- leftovers of killed drivers and workers -------------------------------------------------------
+
+def remove_stale_scratch(folder: str | None = None) -> int:
+    """Remove the scratch folders of dead workers of this node (in ``folder``, the temporary folder
+    by default); a folder whose writer lives, or that this process cannot tell about, stays."""
+    folder = folder or tempfile.gettempdir()
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(SCRATCH_PREFIX) and writer_gone(entry.name, _SCRATCH_NAME):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _remove_stale_partials(uri: str) -> int:
+    """Remove the stale ``.partial`` uploads (:func:`trainers.atomic.is_stale`) under a ``pyarrow.fs`` URI."""
+    from pyarrow import fs
+
+    filesystem, base = _filesystem(uri)
+    removed = 0
+    infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+    for info in infos:
+        mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+        if info.type == fs.FileType.File and is_stale(info.base_name, mtime):
+            with contextlib.suppress(OSError):
+                filesystem.delete_file(info.path)
+                removed += 1
+    return removed
+
+
+def clean_leftovers(cfg) -> int:
+    """At a driver's start: the stale temporary files in the study's run directory and artifact
+    location (a driver or worker killed mid-write left them); how many were removed."""
+    removed = remove_stale_temp_files(cfg.run_path) if cfg.run_path.is_dir() else 0
+    if cfg.artifacts:
+        with contextlib.suppress(Exception):  # an unreachable location is the trials' error to report
+            removed += _remove_stale_partials(f"{to_uri(cfg.artifacts).rstrip('/')}/{cfg.study}")
+    return removed
 
 
 # -- reading them back on the driver -------------------------------------------------------------

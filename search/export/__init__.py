@@ -42,6 +42,7 @@ from search.pareto import (FrontMember, front_candidates, front_hypervolumes, hy
                            simulated_seconds,
                            pareto_front)
 from search.seed_report import seed_entries
+from trainers.atomic import remove_stale_temp_files
 
 __all__ = ["ExportError", "export_study", "load_model", "load_exported", "ExportedModel", "MODEL_FORMAT"]
 
@@ -60,6 +61,7 @@ def _prepare_dir(out_dir: Path, models: bool) -> Path:
         (models_dir if models else out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"cannot create the export folder {out_dir}: {e}; pass --out to a writable place") from None
+    remove_stale_temp_files(out_dir)  # what an export killed mid-write left
     return models_dir
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 from optuna.trial import TrialState
 
 from search import faults
+from search.artifacts import clean_leftovers
 from search.config import StudyConfig
 from search.exceptions import DataError, SearchSpaceExhausted
 from search.feasibility import check_budget_reachable, check_seed_costs
@@ -136,6 +137,9 @@ class Sweep:
         if held:  # a resumed study: not the first run's draws again (see make_sampler)
             study.sampler = make_sampler(self.cfg, resumed_at=held)
         recovered = recover(study, self.shared_db)
+        removed = clean_leftovers(self.cfg)  # temporary files a killed driver or worker left
+        if removed:
+            self.log(f"removed {removed} temporary file(s) that a killed driver or worker left")
         fidelity = self.cfg.fidelity_key()
         if self.cfg.warm_start is not None:
             from search.warm_start import import_trials
