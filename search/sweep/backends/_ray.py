@@ -178,6 +178,16 @@ def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, c
     return ray
 
 
+def live_slots(ray, cpus: float, gpus: float, max_concurrent: int | None) -> int:
+    """Concurrent trials the cluster's live nodes hold now (0 when not one fits), capped by
+    ``max_concurrent``: what is left after a node was lost."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 0) // cpus)
+    if gpus:
+        slots = min(slots, int(total.get("GPU", 0) // gpus))
+    return min(slots, max_concurrent or slots)
+
+
 def trial_slots(ray, cpus: float, gpus: float, max_concurrent: int | None, where: str) -> int:
     """Concurrent trials the instance holds at ``cpus``/``gpus`` each, capped by ``max_concurrent``."""
     total = ray.cluster_resources()

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from search.artifacts import start_driver_store
 from search.sweep.backends import EpochReport, Event, Finished, TrialSpec
-from search.sweep.backends._ray import (Pricing, on_driver_node, prepare_worker, start_ray, trial_slots,
+from search.exceptions import ResourcesError
+from search.sweep.backends._ray import (Pricing, live_slots, on_driver_node, prepare_worker, start_ray, trial_slots,
                                         worker_start_error)
 from search.sweep.outcome import TrialOutcome
 from search.sweep.trial import TrialFn, run_trial
@@ -125,7 +126,7 @@ class ActorsBackend:
         if rung_rule is not None:
             rung = on_driver_node(ray.remote(num_cpus=0)(_RungActor), soft=False).remote(rung_rule)
         data_ref, threads = ray.put(data), max(1, int(self.cpus))
-        self.epoch_log = ray.remote(num_cpus=0)(_EpochLog).remote()
+        self.epoch_log = on_driver_node(ray.remote(num_cpus=0)(_EpochLog)).remote()
         store = start_driver_store(self.artifacts_root) if self.artifacts_root else None
         self._new_worker = lambda: worker_cls.remote(data_ref, threads, self.trial_fn, rung, self.epoch_log, store,
                                                      self.family_modules)
@@ -159,6 +160,7 @@ class ActorsBackend:
             return events
         import ray
 
+        self._check_workers_left()
         ready, _ = ray.wait([*self.priced, *self.busy], num_returns=1, timeout=timeout)
         epochs = self._epoch_reports() if self.epoch_log is not None and self.busy else []
         return epochs + [self._priced(f) if f in self.priced else self._finished(f) for f in ready]
@@ -184,11 +186,32 @@ class ActorsBackend:
         try:
             out = ray.get(future)
             self.idle.append(worker)
-        except Exception as exc:  # the worker process died (killed, segfault, OOM killer)
+        except Exception as exc:  # the worker process died (killed, segfault, OOM killer, its node lost)
             out = TrialOutcome.worker_died(exc)
-            self.idle.append(self._new_worker())
+            self._replace_worker()
         self.nodes.add(out.node)
         return Finished(token, out)
+
+    def _replace_worker(self) -> None:
+        """A new worker for a dead one, where the cluster's live nodes still hold a slot for it: a
+        node lost for good takes its slots along and the sweep goes on on the nodes left (a worker
+        made without room would wait for ever for a place to start)."""
+        import ray
+
+        room = live_slots(ray, self.cpus, self.gpus, self.max_concurrent)
+        if len(self.idle) + len(self.busy) < room:
+            self.idle.append(self._new_worker())
+
+    def _check_workers_left(self) -> None:
+        """Raises once every worker died with its node and the live nodes have no room for one."""
+        if not self.idle and not self.busy:
+            import ray
+
+            cpus = ray.cluster_resources().get("CPU", 0)
+            raise ResourcesError(
+                f"{self.where}: the Ray cluster lost the node(s) the trials ran on and its live nodes ({cpus:g} "
+                f"CPU) have no room for a trial ({self.cpus:g} CPU, {self.gpus:g} GPU each); add a node and `run` "
+                f"again to go on where it stopped")
 
     def clock(self) -> float:
         return time.monotonic() - self.started_at
