@@ -386,3 +386,18 @@ def test_stale_trials_are_queued_again_under_the_budget_lock_then_failed(tmp_pat
     assert [trial_status(t) for t in trials] == ["interrupted"] * 3 + ["running"] + ["waiting"] * 3
     assert [t.user_attrs.get("retry_of") for t in trials[3:]] == [None, 2, 0, 1]
     assert recover(study, shared_db=True) == 0  # nothing stale is left
+
+
+def test_a_driver_beats_for_every_trial_it_holds_not_only_training_ones():
+    """A trial being priced or waiting in the pre-screening pool is as much this driver's as one that
+    trains: without its beats another driver would re-queue it once the grace period passed."""
+    from types import SimpleNamespace
+
+    from search.sweep._state import SweepState
+
+    def held(n: int):
+        return SimpleNamespace(trial=f"trial {n}")
+
+    state = SweepState(*[None] * 10, pending={0: held(0)}, pool=[(held(1), None)], ready=[(held(2), None)],
+                       inflight={3: (held(3), None)})
+    assert sorted(state.held_trials()) == [f"trial {n}" for n in range(4)]

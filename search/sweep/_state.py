@@ -53,8 +53,11 @@ class SweepState:
     overhead_s: float = 0.0
 
     def held_trials(self) -> list:
-        """The trials whose heartbeat this driver keeps: training or priced and waiting for a slot."""
-        return [p.trial for p, _ in list(self.inflight.values())] + [p.trial for p, _ in list(self.ready)]
+        """The trials whose heartbeat this driver keeps: every one it asked for and has not told
+        yet (being priced, waiting in the pre-screening pool or for a slot, training); one left
+        without beats would be re-queued by another driver while this one still holds it."""
+        return ([p.trial for p in list(self.pending.values())] + [p.trial for p, _ in list(self.pool)]
+                + [p.trial for p, _ in list(self.ready)] + [p.trial for p, _ in list(self.inflight.values())])
 
     def under_way(self) -> int:
         """Trials that will use the budget unless they fail. With pre-screening, proposals being
