@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -87,28 +86,56 @@ def _bench():
     return module
 
 
-def forked_driver(folder: Path, study: Path, case, kill_at: str | None) -> int:
-    """The real driver in a forked child of this process (no interpreter start-up, no imports: a
-    fraction of a second), SIGKILLing itself at ``kill_at``; its exit status as subprocess gives it."""
+# Forks a driver per request from one warm interpreter of its own (clean: no Ray or other threads
+# of the test process to fork), so a driver costs a fraction of a second instead of a start-up.
+ZYGOTE = """
+import os, sys, traceback
+from search.config import load_study
+from search.sweep import Sweep
+
+def run(study):
+    Sweep(load_study(study), log=lambda _: None).run()
+
+run(sys.argv[1])  # the imports a sweep makes, made once here
+print("ready", flush=True)
+for line in sys.stdin:
+    study, kill_at = line.split()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            from search import faults
-            from search.config import load_study
-            from search.sweep import Sweep
-
             os.environ.pop("EFFNAS_KILL_AT", None)
-            os.environ.update({"EFFNAS_KILL_AT": kill_at} if kill_at else {})
-            faults._counts.clear()
-            Sweep(load_study(str(study)), log=lambda _: None).run()
+            os.environ.update({"EFFNAS_KILL_AT": kill_at} if kill_at != "-" else {})
+            run(study)
             code = 0
         except BaseException:
             traceback.print_exc()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
+"""
+
+
+class ForkedDrivers:
+    """Drivers forked from a warm interpreter; ``driver`` has bench/fault_injection.py's signature."""
+
+    def __init__(self, tmp_path: Path, warm_study: Path):
+        env = {k: v for k, v in os.environ.items() if k != "EFFNAS_KILL_AT"}
+        env["PYTHONPATH"] = str(REPO)
+        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(warm_study)], cwd=tmp_path, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def driver(self, folder: Path, study: Path, case, kill_at: str | None) -> int:
+        self.proc.stdin.write(f"{study} {kill_at or '-'}\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 # (point, n): the first trials (seeds) and a later one, where the simulated study holds retries.
@@ -125,12 +152,17 @@ def test_every_fault_point_on_every_kind_of_trial_loses_nothing(tmp_path):
     fi = _bench()
     (case,) = fi.cases(tmp_path, None, ray=False)
     assert set(MATRIX) == set(case.points)
-    caught, problems, missed = Counter(), Counter(), []
-    for point, ns in MATRIX.items():
-        cell = fi.run_cell(tmp_path, case, point, ns, forked_driver)
-        caught.update(cell.caught)
-        problems.update(cell.problems)
-        missed += [point] if cell.kills != len(ns) else []
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(yaml.safe_dump(case.raw(tmp_path / "warm", "warm")))
+    drivers, caught, problems, missed = ForkedDrivers(tmp_path, warm), Counter(), Counter(), []
+    try:
+        for point, ns in MATRIX.items():
+            cell = fi.run_cell(tmp_path, case, point, ns, drivers.driver)
+            caught.update(cell.caught)
+            problems.update(cell.problems)
+            missed += [point] if cell.kills != len(ns) else []
+    finally:
+        drivers.close()
     assert not missed, f"points not passed as often as the matrix says: {missed}"
     assert not +problems, dict(+problems)
     assert set(caught) == {"seed", "retry", "warm-started", "plain"}, dict(caught)
