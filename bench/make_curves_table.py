@@ -1,7 +1,10 @@
 """effnas's own four families as a recorded table (``search.tables``) for the simulated backend.
 
-    python bench/make_curves_table.py [--curves bench/data/cifar10_curves.json] [--study URL NAME ...]
-        [--out bench/data/cifar10_curves_table.json.gz]
+    python bench/make_curves_table.py [--curves bench/data/cifar10_curves.json]
+        [--more bench/data/cifar10_curves_2.json ...] [--study URL NAME ...] [--out bench/data/cifar10_curves_table.json.gz]
+
+The shipped table: ``--more bench/data/cifar10_curves_2.json`` (211 architectures: the first
+recording's 64 and the second's 150, less one the families' current rules refuse and duplicates).
 
 Reads the curves ``bench/record_curves.py`` recorded (real CIFAR-10, 3,000 16x16 training images,
 1,000 validation images, 4 epochs; one run each) from its JSON and, with ``--study``, from further
@@ -77,6 +80,9 @@ def _fit(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--curves", default=str(REPO / "bench" / "data" / "cifar10_curves.json"))
+    ap.add_argument("--more", action="append", default=[], metavar="JSON",
+                    help="a further recording's JSON (bench/record_curves.py's output; the same study file, "
+                         "another sampler seed), e.g. bench/data/cifar10_curves_2.json")
     ap.add_argument("--study", nargs=2, action="append", default=[], metavar=("URL", "NAME"))
     ap.add_argument("--out", default=str(REPO / "bench" / "data" / "cifar10_curves_table.json.gz"))
     args = ap.parse_args()
@@ -86,6 +92,12 @@ def main() -> None:
     doc = json.loads(Path(args.curves).read_text())
     quiet = doc["architectures"]
     rows = list(quiet)
+    for path in args.more:
+        more = json.loads(Path(path).read_text())
+        if more["provenance"]["study_file"] != doc["provenance"]["study_file"]:
+            raise SystemExit(f"{path}: recorded with {more['provenance']['study_file']}, not "
+                             f"{doc['provenance']['study_file']}: one table holds one recording space")
+        rows += more["architectures"]
     for url, name in args.study:
         rows += _rows_from_study(url, name)
     fits = _fit(quiet)
@@ -110,7 +122,8 @@ def main() -> None:
                   f"{data['val_size']} validation images, {doc['provenance']['epochs']} epochs, one run each)",
         # the recordings' sampled space: what a sweep over this sparse table searches (bench/effnas_arms.py)
         "study_file": doc["provenance"]["study_file"],
-        "recordings": [_relative(args.curves)] + [f"study {n} (the same study file, another sampler seed)" for _, n in args.study],
+        "recordings": [_relative(args.curves)] + [_relative(m) for m in args.more]
+                      + [f"study {n} (the same study file, another sampler seed)" for _, n in args.study],
         "val_acc": "validation accuracy after each epoch (fraction), one run per architecture",
         "epoch_seconds": {"kind": "a model fitted on the quiet recording, not each entry's measurement",
                           "formula": "a + b x train_macs per epoch, per family (least squares)", "fits": fits},

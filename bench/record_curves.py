@@ -59,7 +59,8 @@ def main() -> None:
         r = read_record(t)
         rows.append({"trial": t.number, "family": r.family, "knobs": r.knobs, "params": r.params,
                      "macs": r.macs, "train_params": r.train_params, "train_macs": r.train_macs,
-                     "curve": r.curve, "val_acc": r.val_acc, "train_seconds": r.train_seconds})
+                     "curve": r.curve, "epoch_seconds": r.extra.get("epoch_seconds"), "val_acc": r.val_acc,
+                     "train_seconds": r.train_seconds})
     doc = {"provenance": {"made_by": "bench/record_curves.py", "study_file": str(Path(args.study).relative_to(REPO)),
                           "data": {**dataclasses.asdict(cfg.data), "root": _relative(cfg.data.root)},
                           "epochs": cfg.fidelity.epochs,

@@ -74,11 +74,17 @@ def train_architecture(spec: dict, data, report: Callable[[dict], bool]) -> Tria
                "epochs": result.epochs, "train_seconds": result.train_seconds,
                "latency_ms": latency if latency is not None else result.latency_ms, "latency_setup": setup,
                "deploy_max_abs_diff": result.deploy_max_abs_diff, "resumed_from_epoch": result.resumed_from_epoch,
-               "choices": result.choices, "seed": result.seed}
+               "choices": result.choices, "seed": result.seed, "epoch_seconds": _epoch_seconds(result.history)}
     # The whole curve, epochs before a resumed checkpoint included (the report saw only the later ones).
     curve = tuple(float(h["val_acc"]) for h in result.history)
     return TrialOutcome(TrialStatus.STOPPED if result.stopped_early else TrialStatus.TRAINED, metrics=metrics,
                         curve=curve, artifacts=Artifacts(kept.get("checkpoint"), deploy_path, artifacts.via))
+
+
+def _epoch_seconds(history: list[dict]) -> list[float]:
+    """Seconds each epoch took (a recorded table's per-epoch times; ``elapsed_s`` counts across resumes)."""
+    elapsed = [float(h.get("elapsed_s") or 0.0) for h in history]
+    return [round(b - a, 3) for a, b in zip([0.0] + elapsed[:-1], elapsed)]
 
 
 def _failure(exc: BaseException) -> TrialOutcome:
