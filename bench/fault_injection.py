@@ -25,7 +25,7 @@ digits study on Ray with seeds, pre-screening and failing first attempts, stand-
 every point but ``unbeaten``; pre-screening refuses a shared database). ``exporting`` kills
 ``export`` midway on each finished study and checks that what it left is whole after a second one.
 
-    python bench/fault_injection.py --passes 3 --ray-passes 2 | tee bench/data/fault_injection.log
+    python bench/fault_injection.py --ray-passes 2 2>/dev/null | tee bench/data/fault_injection.log
 """
 from __future__ import annotations
 
@@ -352,6 +352,8 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true", help="leave out the PostgreSQL study (`unbeaten`)")
     ap.add_argument("--points", nargs="*", default=list(POINTS), help="only these points")
     args = ap.parse_args()
+    print(f"python bench/fault_injection.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{os.cpu_count()} CPUs)", flush=True)
     t0 = time.perf_counter()
     url, stop = (None, lambda: None) if args.no_postgres else _postgres()
     cells: dict[tuple[str, str], Cell] = {}
