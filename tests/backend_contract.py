@@ -47,6 +47,12 @@ class BackendContract:
     """Subclass with the hooks below; pytest collects the tests in each subclass."""
 
     failure_kind = "exception"  # what a ``failing`` trial's record says
+    # Where ``test_a_driver_killed_then_rerun_loses_nothing`` kills the driver (``EFFNAS_KILL_AT``).
+    kill_points = ("asked:3", "submitted:3", "recorded:2")
+
+    def pytest_generate_tests(self, metafunc):
+        if "kill_at" in metafunc.fixturenames:
+            metafunc.parametrize("kill_at", self.kill_points)
 
     # -- hooks ----------------------------------------------------------------------------------
     def study(self, tmp_path, **changes):
@@ -190,7 +196,6 @@ class BackendContract:
             assert t.user_attrs["record"]["knobs"] == {**t.user_attrs["record"]["knobs"], **seed["knobs"]}
 
     # -- a killed driver ----------------------------------------------------------------------------
-    @pytest.mark.parametrize("kill_at", ["asked:3", "submitted:3", "recorded:2"])
     def test_a_driver_killed_then_rerun_loses_nothing(self, tmp_path, kill_at):
         n = 5
         cfg = self.study(tmp_path, budget={"n_trials": n}, seeds=self.seeds())
