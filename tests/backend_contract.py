@@ -153,10 +153,19 @@ class BackendContract:
         assert statuses(cfg) == ["failed", "failed", "trained"]
 
     # -- rungs --------------------------------------------------------------------------------------
-    def test_the_rung_rule_stops_weak_trials_and_the_front_ignores_them(self, tmp_path):
-        cfg = self.study(tmp_path, budget={"n_trials": 10}, resources={"cpus_per_trial": 1, "max_concurrent": 1},
-                         **self.curves(tmp_path))
-        self.run(cfg, "curve")
+    @pytest.fixture(scope="class")
+    @classmethod
+    def curve_sweep(cls, tmp_path_factory):
+        """One sweep of 10 trials with 4-epoch curves, one at a time, that both rung tests read (neither
+        writes to it)."""
+        contract, tmp_path = cls(), tmp_path_factory.mktemp("curves")
+        cfg = contract.study(tmp_path, budget={"n_trials": 10}, resources={"cpus_per_trial": 1, "max_concurrent": 1},
+                             **contract.curves(tmp_path))
+        contract.run(cfg, "curve")
+        return cfg
+
+    def test_the_rung_rule_stops_weak_trials_and_the_front_ignores_them(self, curve_sweep):
+        cfg = curve_sweep
         trials = trials_of(cfg)
         stopped = [t for t in trials if trial_status(t) == "stopped"]
         trained = [t for t in trials if trial_status(t) == "trained"]
@@ -172,14 +181,12 @@ class BackendContract:
                                                            ["maximize", "minimize", "minimize"])}
         assert front == brute and not front & {t.number for t in stopped}
 
-    def test_rung_tables_are_rebuilt_from_the_database_with_costs(self, tmp_path):
-        cfg = self.study(tmp_path, budget={"n_trials": 6}, resources={"cpus_per_trial": 1, "max_concurrent": 1},
-                         **self.curves(tmp_path))
-        self.run(cfg, "curve")
+    def test_rung_tables_are_rebuilt_from_the_database_with_costs(self, curve_sweep):
+        cfg = curve_sweep
         rule = rung_rule(cfg, load(cfg))
         assert rule.rank == "pareto"  # the default of a study with cost objectives
         ran = [read_record(t) for t in trials_of(cfg) if trial_status(t) in ("trained", "stopped")]
-        assert len(ran) == 6
+        assert len(ran) == 10
         assert sorted(rule.rungs[1]) == sorted((r.curve[0], (r.macs, r.params)) for r in ran)
 
     # -- seeds --------------------------------------------------------------------------------------
@@ -272,9 +279,10 @@ class RayBackendContract(BackendContract):
     backend = "actors"
     TRIALS = {"cheap": "cheap_trial", "curve": "curve_trial", "failing": "failing_trial"}
 
-    @pytest.fixture(autouse=True)
-    def _ray_and_data(self, ray_local, digits):
-        self.data = digits
+    @pytest.fixture(autouse=True, scope="class")
+    @classmethod
+    def _ray_and_data(cls, ray_local, digits):
+        cls.data = digits  # the class's: class-scoped fixtures (curve_sweep) sweep too
 
     def study_raw(self, tmp_path, **changes) -> dict:
         from studies import digits_raw, with_changes
