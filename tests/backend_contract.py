@@ -207,7 +207,7 @@ class BackendContract:
         n = 5
         cfg = self.study(tmp_path, budget={"n_trials": n}, seeds=self.seeds())
         path = tmp_path / "killed.yaml"
-        path.write_text(yaml.safe_dump(self.study_raw(tmp_path, budget={"n_trials": n}, seeds=self.seeds())))
+        path.write_text(yaml.safe_dump(self.driver_raw(tmp_path, budget={"n_trials": n}, seeds=self.seeds())))
         killed = _driver(tmp_path, path, kill_at)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         before = {t.number: (tuple(t.values), t.params) for t in trials_of(cfg) if trial_status(t) == "trained"}
@@ -234,7 +234,7 @@ class BackendContract:
         changes = {"budget": {"n_trials": n}, "retry": {"max_retries": 1}, **self.flaky()}
         cfg = self.study(tmp_path, **changes)
         path = tmp_path / "killed.yaml"
-        path.write_text(yaml.safe_dump(self.study_raw(tmp_path, **changes)))
+        path.write_text(yaml.safe_dump(self.driver_raw(tmp_path, **changes)))
         killed = _driver(tmp_path, path, "retry_queued:1", "flaky_trial")
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         rerun = _driver(tmp_path, path, None, "flaky_trial")
@@ -253,8 +253,12 @@ class BackendContract:
         return {}
 
     def study_raw(self, tmp_path, **changes) -> dict:
-        """The study file ``study`` parses (for driver processes)."""
+        """The study file ``study`` parses."""
         raise NotImplementedError
+
+    def driver_raw(self, tmp_path, **changes) -> dict:
+        """The study file of the driver processes the kill tests start (default: ``study_raw``)."""
+        return self.study_raw(tmp_path, **changes)
 
 
 def load(cfg):
@@ -293,6 +297,15 @@ class RayBackendContract(BackendContract):
         from search.config import parse_study
 
         return parse_study(self.study_raw(tmp_path, **changes), str(tmp_path / "t.yaml"))
+
+    def driver_raw(self, tmp_path, **changes) -> dict:
+        """The killed drivers and their reruns join the module's Ray instance, as drivers on a cluster
+        do (its RAY_AUTH_MODE reaches them in the environment), instead of each starting and stopping
+        its own: what a kill leaves behind is in the study database. A killed driver that started its
+        own instance: tests/test_prescreen.py and tests/test_postgres.py."""
+        import ray
+
+        return self.study_raw(tmp_path, **changes, ray={"address": ray.get_runtime_context().gcs_address})
 
     def one_architecture(self) -> dict:
         from studies import ONE_SLIMCONV
