@@ -59,8 +59,9 @@ class _Node:
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
                                      start_new_session=True)
 
-    def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+    def stop(self, grace_s: float = 10) -> None:
+        """SIGTERM (the node leaves the cluster at once), SIGKILL after ``grace_s``."""
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
@@ -73,12 +74,21 @@ class _Node:
 
 
 def _alive_nodes(address: str) -> dict[str, float]:
-    """Node id -> CPUs of the cluster's live nodes (asked from a short-lived driver)."""
-    code = ("import json, ray; ray.init(address=%r, configure_logging=False, log_to_driver=False); "
-            "print(json.dumps({n['NodeID']: n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']}))"
-            % address)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=ENV)
-    return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {}
+    """Node id -> CPUs of the cluster's live nodes, as its GCS lists them ({} while it does not answer)."""
+    import socket
+
+    from ray._raylet import GcsClient
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            pass  # the GCS listens (a client made before that waits for it for 40 s)
+        nodes = GcsClient(address=address).get_all_node_info(timeout=10)
+    except Exception:  # not up yet
+        return {}
+    return {info.node_id.hex(): info.resources_total.get("CPU", 0) for info in nodes.values()
+            if info.state == GcsNodeInfo.ALIVE}
 
 
 def _wait_for(address: str, want, what: str, timeout: float = 120) -> dict[str, float]:
@@ -87,32 +97,45 @@ def _wait_for(address: str, want, what: str, timeout: float = 120) -> dict[str, 
         nodes = _alive_nodes(address)
         if want(nodes):
             return nodes
-        time.sleep(1)
+        time.sleep(0.25)
     raise AssertionError(f"the cluster at {address} never had {what}")
 
 
-@pytest.fixture()
-def isolated_cluster(tmp_path):
-    """(address, run_dir, head, isolated worker, nodes started): head without CPUs, one worker node
-    with 1 CPU whose view of ``run_dir`` is an empty tmpfs."""
-    prefix = _namespace_prefix()
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+@pytest.fixture(scope="module")
+def head():
+    """(address, node): a head node without CPUs, shared by the module's tests (each test starts
+    and stops its own worker nodes)."""
     port = free_port()
     # The head's own IP: a driver joins the raylet whose IP it connects from (127.0.0.1 matches none).
     from ray.util import get_node_ip_address
 
     address = f"{get_node_ip_address()}:{port}"
-    started = [_Node(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"])]
+    node = _Node(["--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"])
     try:
         _wait_for(address, lambda n: len(n) == 1, "its head node")
+        yield address, node
+    finally:
+        node.stop(grace_s=2)  # nothing to leave cleanly: the cluster goes with it
+
+
+@pytest.fixture()
+def isolated_cluster(tmp_path, head):
+    """(address, run_dir, head, isolated worker, nodes started): head without CPUs, one worker node
+    with 1 CPU whose view of ``run_dir`` is an empty tmpfs."""
+    prefix = _namespace_prefix()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    address, head_node = head
+    started = [head_node]
+    try:
         # Its own IP, as another machine would have: a driver joins the raylet of its own IP.
         started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.2"], prefix,
                              shell_before=f"mount -t tmpfs tmpfs '{run_dir}' && "))
+        # Exactly the head and this node: the worker nodes of the module's earlier tests have left.
         nodes = _wait_for(address, lambda n: len(n) == 2, "its isolated worker node")
         yield address, run_dir, started, nodes
     finally:
-        for node in reversed(started):
+        for node in reversed(started[1:]):  # the head stays for the next test
             node.stop()
 
 
