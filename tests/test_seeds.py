@@ -145,8 +145,8 @@ def test_warm_start_imports_trained_trials_once_and_seeds_are_never_stopped(tmp_
         "precondition: the rung rule would stop at least one seed"
     assert all(trial_status(t) == "trained" and read_record(t).fidelity_reached == 4 for t in seeds)
 
-    lines.clear()
-    Sweep(cfg, n_more=1, trial_fn=testing.curve_trial, data=digits, log=lines.append).run()
+    lines.clear()  # a rerun imports nothing again (it imports before it finds the budget met)
+    assert Sweep(cfg, trial_fn=testing.curve_trial, data=digits, log=lines.append).run().trained == 0
     assert f"imported 0 trained trial(s), {len(src_trained)} imported by an earlier run" in "\n".join(lines)
 
     other = _cfg(tmp_path, "far", seeds=[], budget={"n_trials": 1}, fidelity={"epochs": 2}, warm_start=warm)
