@@ -20,12 +20,19 @@ from search.storage import load_existing_study
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
-# `python -m search run` with a stand-in trial function: "sleep" trains for a minute.
+# `python -m search run` with a stand-in trial function: "sleep" trains for a minute, once it has
+# left a file named for its trial in started/ (the test waits for those, not for a while).
 DRIVER = """
-import sys
+import os, sys
 from search import cli, testing
 from search.sweep import _driver
-fn = {"sleep": testing.sleeping_trial, "cheap": testing.cheap_trial}[sys.argv[2]]
+STARTED = os.path.abspath("started")
+
+def sleeping(spec, data, report):
+    open(os.path.join(STARTED, str(spec["number"])), "w").close()
+    return testing.sleeping_trial(spec, data, report)
+
+fn = {"sleep": sleeping, "cheap": testing.cheap_trial}[sys.argv[2]]
 init = _driver.Sweep.__init__
 _driver.Sweep.__init__ = lambda self, cfg, **kw: init(self, cfg, **{"trial_fn": fn, **kw})
 sys.exit(cli.main(["run", sys.argv[1]]))
@@ -40,13 +47,21 @@ def _study(tmp_path: Path) -> Path:
         "budget": {"n_trials": 3}, "fidelity": {"epochs": 1}, "sampler": {"name": "random", "seed": 1},
         "resources": {"cpus_per_trial": 1, "max_concurrent": 2}, "ray": {"num_cpus": 2}}))
     (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "started").mkdir()
     return path
 
 
+def _started(tmp_path: Path) -> int:
+    return len(list((tmp_path / "started").iterdir()))
+
+
 def _start(tmp_path: Path, study: Path, fn: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study), fn], cwd=tmp_path,
+    before = _started(tmp_path)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(study), fn], cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    proc.trials_started_before = before
+    return proc
 
 
 def _wait_for_line(proc: subprocess.Popen, fragment: str, timeout: float = 120) -> None:
@@ -59,12 +74,22 @@ def _wait_for_line(proc: subprocess.Popen, fragment: str, timeout: float = 120) 
     raise AssertionError(f"the driver never printed {fragment!r}")
 
 
+def _wait_for_both_slots(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until two trials of this driver have started training (for a minute)."""
+    folder = Path(proc.args[1]).parent
+    deadline = time.monotonic() + timeout
+    while _started(folder) < proc.trials_started_before + 2:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError("the driver never had two trials training")
+        time.sleep(0.1)
+
+
 def _stop(proc: subprocess.Popen, sig: signal.Signals, phase: str) -> None:
     if phase == "start-up":
         time.sleep(1.5)  # importing, loading data, starting Ray
     else:
         _wait_for_line(proc, "concurrent trial(s)")
-        time.sleep(3)  # both slots are training (for a minute)
+        _wait_for_both_slots(proc)
     sent = time.monotonic()
     proc.send_signal(sig)
     try:
