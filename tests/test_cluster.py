@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def two_node_cluster():
+    """Two nodes of one CPU each, for both backends' sweeps (each driver's actors go with it)."""
     import ray
     from ray.cluster_utils import Cluster
 
