@@ -72,9 +72,21 @@ def test_objectives_must_match_existing_study(tmp_path):
         open_study(_cfg(tmp_path, objectives=["accuracy", "macs"]))
 
 
-def test_optuna_record_has_only_json_user_attrs(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 2})
-    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
+@pytest.fixture(scope="module")
+def cheap_sweeps(tmp_path_factory, ray_local, digits):
+    """A sweep of 4 stand-in trials, then a resumed one of 1 more, which the record and progress tests
+    read: (cfg, the first's lines, its trained trials, the resumed one's lines)."""
+    cfg = _cfg(tmp_path_factory.mktemp("cheap"), budget={"n_trials": 4})
+    lines: list[str] = []
+    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lines.append).run()
+    trained = [t for t in load_existing_study(cfg.storage_url, "t").get_trials() if trial_status(t) == "trained"]
+    more: list[str] = []
+    Sweep(cfg, n_more=1, trial_fn=testing.cheap_trial, data=digits, log=more.append).run()
+    return cfg, lines, trained, more
+
+
+def test_optuna_record_has_only_json_user_attrs(cheap_sweeps):
+    cfg = cheap_sweeps[0]
     storage = optuna.storages.RDBStorage(cfg.storage_url)
     assert [s.study_name for s in storage.get_all_studies()] == ["t"]
     # Straight from the table: every stored value is JSON text that reads back as plain data.
@@ -87,7 +99,7 @@ def test_optuna_record_has_only_json_user_attrs(tmp_path, ray_local, digits):
         value = json.loads(text)
         assert json.loads(json.dumps(value)) == value, key
     trials = storage.get_all_trials(storage.get_all_studies()[0]._study_id)
-    assert len(trials) == 2
+    assert len(trials) == 5
     for t in trials:
         assert t.user_attrs["status"] == "trained" and isinstance(t.user_attrs["record"], dict)
         assert json.loads(json.dumps(t.user_attrs)) == t.user_attrs
@@ -119,16 +131,11 @@ def test_no_address_starts_a_private_instance_despite_a_stale_cluster(tmp_path):
     assert _statuses(parse_study(study, str(tmp_path / "t.yaml"))) == ["trained"]
 
 
-def test_progress_lines_show_counts_and_best_so_far(tmp_path, ray_local, digits):
-    cfg = _cfg(tmp_path, budget={"n_trials": 4})
-    lines: list[str] = []
-    Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lines.append).run()
-    trained = [t for t in load_existing_study(cfg.storage_url, "t").get_trials() if trial_status(t) == "trained"]
+def test_progress_lines_show_counts_and_best_so_far(cheap_sweeps):
+    _, lines, trained, more = cheap_sweeps
     best = max(trained, key=lambda t: t.user_attrs["record"]["val_acc"])
     last = [ln for ln in lines if " trained " in ln][-1]
     assert "trained 4 " in last and "running 0 " in last
     assert last.endswith(f"best acc {best.user_attrs['record']['val_acc']:.4f} (trial {best.number})")
     # A resumed driver knows the best of the trials before it.
-    more: list[str] = []
-    Sweep(cfg, n_more=1, trial_fn=testing.cheap_trial, data=digits, log=more.append).run()
     assert any("best acc" in ln for ln in more if " trained " in ln)
