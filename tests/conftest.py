@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _release_ray_actors(request):
+    """After a test on the module's Ray instance, the actors its sweeps left (a backend holds its
+    pricer, epoch log and driver store in a reference cycle) end now, not when the garbage collector
+    gets to them: otherwise a module's sweeps pile up idle worker processes (about 130 MB each)."""
+    yield
+    if "ray_local" in request.fixturenames:
+        gc.collect()
 
 
 @pytest.fixture(scope="module")
