@@ -140,9 +140,12 @@ def test_the_single_writer_cache_reads_what_a_fresh_reader_reads(tmp_path, force
     queued = study.ask()
     assert study.get_trials(deepcopy=False)[queued.number].state == TrialState.RUNNING
     same_as_fresh()
-    if isinstance(cached, compat.SingleWriterCache):  # nothing written since: the next read fetches no trial again
+    if isinstance(cached, compat.SingleWriterCache):  # nothing written since: the next read asks the database nothing
         backend_reads = []
         original = cached._backend._get_trials
         cached._backend._get_trials = lambda *a, **k: backend_reads.append(k) or original(*a, **k)
         study.get_trials(deepcopy=False)
-        assert [r["included_trial_ids"] for r in backend_reads] == [set()]
+        assert backend_reads == []
+        queued.set_user_attr("record_pending", {"arch_key": "b"})  # written: read again, that trial alone
+        assert study.get_trials(deepcopy=False)[queued.number].user_attrs["record_pending"] == {"arch_key": "b"}
+        assert [r["included_trial_ids"] for r in backend_reads] == [{compat.trial_id(queued)}]
