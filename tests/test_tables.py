@@ -229,3 +229,18 @@ def test_knob_codes_flatten_and_rebuild_a_family_s_knobs():
     assert dict(codes.params)["fam.width"] == [8, 16, 32]
     for e in table.entries[:4]:
         assert codes.knobs(codes.flat(e.knobs)) == e.knobs
+
+
+def test_the_shipped_curves_table_holds_the_cost_model_s_params_and_macs():
+    """effnas's own families as a table (bench/data/cifar10_curves_table.json.gz): every recorded
+    architecture is one the families accept today, priced exactly as the simulated backend prices it."""
+    from space.cost import measure
+    from space.registry import get_family
+
+    table = load_table(Path(__file__).resolve().parents[1] / "bench" / "data" / "cifar10_curves_table.json.gz")
+    assert len(table) >= 200 and table.families() == {"condensenet", "igcv2", "rsnet", "slimconv"}
+    data = table.provenance["data"]
+    for e in table.entries:
+        cost = measure(e.family, get_family(e.family).knobs_from_dict(e.knobs), num_classes=data["num_classes"],
+                       image_size=data["image_size"], in_channels=data["in_channels"])
+        assert (cost.params, cost.macs) == (e.params, e.macs), (e.family, e.knobs)
