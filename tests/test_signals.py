@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 # `python -m search run` with a stand-in trial function: "sleep" trains for a minute, once it has
 # left a file named for its trial in started/ (the test waits for those, not for a while).
 DRIVER = """
-import os, sys
+import os, signal, sys
+# Ctrl-C as a terminal delivers it, also when the tests run where SIGINT is ignored (a background job
+# of a shell, nohup), which the driver would inherit.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from search import cli, testing
 from search.sweep import _driver
 STARTED = os.path.abspath("started")
