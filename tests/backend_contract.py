@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,79 +30,15 @@ from studies import statuses, trials_of
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Drivers forked from one warm interpreter per backend class: the imports a driver makes are made
-# once there (a driver then costs its sweep, not seconds of start-up). Each forked driver is a
-# process of its own, killed or left to finish; nothing there has started Ray or run a sweep.
-ZYGOTE = """
-import os, sys, traceback
+DRIVER = """
+import sys
 from search import testing
 from search.config import load_study
 from search.sweep import Sweep
-import search.sweep.backends.actors, search.sweep.backends.simulated, trainers.data, sklearn.datasets
-from search.tables import load_table
-load_table(sys.argv[1])  # cached: the simulated backend's table, parsed once
-print("ready", flush=True)
-for line in sys.stdin:
-    study, trial, kill_at, output = line.split()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            os.environ.pop("EFFNAS_KILL_AT", None)
-            os.environ.update({"EFFNAS_KILL_AT": kill_at} if kill_at != "-" else {})
-            cfg = load_study(study)
-            Sweep(cfg, trial_fn=None if cfg.execution.backend == "simulated" else getattr(testing, trial)).run()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            import ray
-            if ray.is_initialized():
-                ray.shutdown()  # as a driver's exit does
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    print(pid, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
+cfg = load_study(sys.argv[1])
+trial_fn = getattr(testing, sys.argv[2] if len(sys.argv) > 2 else "cheap_trial")
+Sweep(cfg, trial_fn=None if cfg.execution.backend == "simulated" else trial_fn).run()
 """
-
-
-class ForkedDrivers:
-    """Sweep drivers forked from a warm interpreter (``ZYGOTE``)."""
-
-    def __init__(self, folder: Path):
-        from studies import NBM_TABLE
-
-        env = {k: v for k, v in os.environ.items() if k != "EFFNAS_KILL_AT"}
-        env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'tests'}"
-        self.folder, self.runs = folder, 0
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(NBM_TABLE)], cwd=folder, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def run(self, study: Path, kill_at: str | None, trial: str = "cheap_trial",
-            timeout: float = 300) -> tuple[int, str]:
-        """(exit status, negative for a signal; what the driver printed) of one driver run to its end."""
-        import select
-
-        self.runs += 1
-        output = self.folder / f"driver{self.runs}.log"
-        self.proc.stdin.write(f"{study} {trial} {kill_at or '-'} {output}\n")
-        self.proc.stdin.flush()
-        pid = int(self.proc.stdout.readline())
-        if not select.select([self.proc.stdout], [], [], timeout)[0]:
-            os.kill(pid, signal.SIGKILL)
-            self.proc.stdout.readline()
-            raise AssertionError(f"the driver did not finish within {timeout:g} s: {output.read_text()[-2000:]}")
-        return int(self.proc.stdout.readline()), output.read_text()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 class BackendContract:
@@ -267,24 +201,17 @@ class BackendContract:
             assert t.user_attrs["record"]["knobs"] == {**t.user_attrs["record"]["knobs"], **seed["knobs"]}
 
     # -- a killed driver ----------------------------------------------------------------------------
-    @pytest.fixture(scope="class")
-    @classmethod
-    def drivers(cls, tmp_path_factory):
-        forked = ForkedDrivers(tmp_path_factory.mktemp("drivers"))
-        yield forked
-        forked.close()
-
-    def test_a_driver_killed_then_rerun_loses_nothing(self, tmp_path, kill_at, drivers):
+    def test_a_driver_killed_then_rerun_loses_nothing(self, tmp_path, kill_at, warm_python):
         n = 5
         cfg = self.study(tmp_path, budget={"n_trials": n}, seeds=self.seeds())
         path = tmp_path / "killed.yaml"
         path.write_text(yaml.safe_dump(self.driver_raw(tmp_path, budget={"n_trials": n}, seeds=self.seeds())))
-        code, output = drivers.run(path, kill_at)
-        assert code == -signal.SIGKILL, output[-2000:]
+        killed = _driver(warm_python, tmp_path, path, kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         before = {t.number: (tuple(t.values), t.params) for t in trials_of(cfg) if trial_status(t) == "trained"}
         assert len(before) < n
-        code, output = drivers.run(path, None)
-        assert code == 0, output[-2000:]
+        rerun = _driver(warm_python, tmp_path, path, None)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
         trials = trials_of(cfg)
         trained = [t for t in trials if trial_status(t) == "trained"]
         assert len(trained) == n
@@ -301,16 +228,16 @@ class BackendContract:
                 assert any(r.user_attrs.get("retry_of") == t.number for r in trials)
 
     def test_a_driver_killed_between_queueing_a_retry_and_telling_the_failure_retries_it_once(self, tmp_path,
-                                                                                              drivers):
+                                                                                              warm_python):
         n = 4
         changes = {"budget": {"n_trials": n}, "retry": {"max_retries": 1}, **self.flaky()}
         cfg = self.study(tmp_path, **changes)
         path = tmp_path / "killed.yaml"
         path.write_text(yaml.safe_dump(self.driver_raw(tmp_path, **changes)))
-        code, output = drivers.run(path, "retry_queued:1", "flaky_trial")
-        assert code == -signal.SIGKILL, output[-2000:]
-        code, output = drivers.run(path, None, "flaky_trial")
-        assert code == 0, output[-2000:]
+        killed = _driver(warm_python, tmp_path, path, "retry_queued:1", "flaky_trial")
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        rerun = _driver(warm_python, tmp_path, path, None, "flaky_trial")
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
         trials = trials_of(cfg)
         final = [t for t in trials if trial_status(t) == "failed" and t.user_attrs.get("final")]
         assert statuses(cfg).count("trained") + len(final) == n  # the budget, exactly
@@ -337,6 +264,15 @@ def load(cfg):
     from search.storage import load_existing_study
 
     return load_existing_study(cfg.storage_url, cfg.study)
+
+
+def _driver(warm_python, tmp_path: Path, study: Path, kill_at: str | None, trial: str = "cheap_trial"):
+    """A driver process (forked warm: tests/warm.py) run to its end or to its kill point."""
+    env = {k: v for k, v in os.environ.items() if k != "EFFNAS_KILL_AT"}
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'tests'}"
+    if kill_at:
+        env["EFFNAS_KILL_AT"] = kill_at
+    return warm_python.run(DRIVER, [str(tmp_path / "driver.py"), str(study), trial], env, tmp_path, timeout=300)
 
 
 class RayBackendContract(BackendContract):

@@ -53,6 +53,16 @@ def _release_ray_actors(request):
         gc.collect()
 
 
+@pytest.fixture(scope="session")
+def warm_python(tmp_path_factory):
+    """Processes forked from warm interpreters (tests/warm.py), for the whole run."""
+    from warm import WarmPython
+
+    warm = WarmPython(tmp_path_factory.mktemp("warm"))
+    yield warm
+    warm.close()
+
+
 @pytest.fixture(scope="module")
 def digits():
     """scikit-learn's digits at 16x16 (600 training, 200 validation images): the sweep tests' data."""
