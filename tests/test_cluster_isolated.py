@@ -157,10 +157,9 @@ def _study(tmp_path: Path, address: str, backend: str, name: str, epochs: int, n
     return path
 
 
-def _cli(tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    full_env = {**ENV, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, cwd=tmp_path,
-                          env=full_env, timeout=timeout)
+def _cli(warm_python, tmp_path: Path, *args: str, env: dict | None = None, timeout: float = 600):
+    """``python -m search *args`` in a process of its own (forked warm: tests/warm.py)."""
+    return warm_python.search(*args, env={**ENV, **(env or {})}, cwd=tmp_path, timeout=timeout)
 
 
 def _records(tmp_path: Path, name: str) -> list[dict]:
@@ -169,20 +168,21 @@ def _records(tmp_path: Path, name: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_path, isolated_cluster, backend):
+def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_path, isolated_cluster, backend,
+                                                                           warm_python):
     address, run_dir, started, nodes = isolated_cluster
     isolated = next(n for n, cpus in nodes.items() if cpus >= 1)
 
     # 1. Every trial trains on the isolated node; export finds every front member's weights.
     path = _study(tmp_path, address, backend, "export", epochs=2, n_trials=2)
-    proc = _cli(tmp_path, "run", str(path))
+    proc = _cli(warm_python, tmp_path, "run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = _records(tmp_path, "export")
     assert len(records) == 2 and {r["node"] for r in records} == {isolated}
     for r in records:
         assert Path(r["deploy_path"]).is_file() and Path(r["checkpoint"]).is_file(), r
     out = tmp_path / "exported"
-    proc = _cli(tmp_path, "export", str(path), "--models", "--out", str(out))
+    proc = _cli(warm_python, tmp_path, "export", str(path), "--models", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     front = json.loads((out / "pareto.json").read_text())["members"]
     assert front and all((out / m["weights"]).is_file() for m in front), front
@@ -190,7 +190,7 @@ def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_pa
     # 2. A trial interrupted there (its driver killed once it heard of an epoch) resumes from that
     #    epoch's checkpoint on a node of the driver's own namespace, the isolated node being gone.
     path = _study(tmp_path, address, backend, "resume", epochs=3, n_trials=1)
-    proc = _cli(tmp_path, "run", str(path), env={"EFFNAS_KILL_AT": "epoch:1"})
+    proc = _cli(warm_python, tmp_path, "run", str(path), env={"EFFNAS_KILL_AT": "epoch:1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     checkpoints = list((tmp_path / "run" / "resume" / "checkpoints").glob("*/checkpoint.pt"))
     assert len(checkpoints) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # kept on the driver's machine before the driver heard of the epoch
@@ -198,7 +198,7 @@ def test_artifacts_reach_the_driver_from_a_node_that_cannot_see_its_files(tmp_pa
     started.append(_Node([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.3"]))
     after = _wait_for(address, lambda n: any(c >= 1 and i != isolated for i, c in n.items()), "a second worker node")
     other = next(n for n, cpus in after.items() if cpus >= 1 and n != isolated)
-    proc = _cli(tmp_path, "run", str(path))
+    proc = _cli(warm_python, tmp_path, "run", str(path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (record,) = _records(tmp_path, "resume")
     assert record["node"] == other
