@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -82,13 +80,13 @@ def _study_file(tmp_path: Path, n_trials: int) -> Path:
     return path
 
 
-def _run(tmp_path: Path, study: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
+def _run(warm_python, tmp_path: Path, study: Path, kill_at: str | None = None):
+    """The driver in a process of its own (forked warm: tests/warm.py), to its end or its kill point."""
     env = {k: v for k, v in os.environ.items() if k != "EFFNAS_KILL_AT"}
     env["PYTHONPATH"] = str(REPO)
     if kill_at:
         env["EFFNAS_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(study)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return warm_python.run(DRIVER, [str(tmp_path / "driver.py"), str(study)], env, tmp_path, timeout=300)
 
 
 def _trials(tmp_path: Path):
@@ -105,9 +103,9 @@ def _pools(trials) -> dict[tuple, list]:
 
 
 @pytest.mark.slow
-def test_each_pool_trains_its_stated_fraction_and_records_the_rest(tmp_path):
+def test_each_pool_trains_its_stated_fraction_and_records_the_rest(tmp_path, warm_python):
     study = _study_file(tmp_path, n_trials=4)
-    proc = _run(tmp_path, study)
+    proc = _run(warm_python, tmp_path, study)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _trials(tmp_path)
     statuses = Counter(trial_status(t) for t in trials)
@@ -125,15 +123,15 @@ def test_each_pool_trains_its_stated_fraction_and_records_the_rest(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_without_screening_or_training_twice(tmp_path):
+def test_a_killed_sweep_resumes_without_screening_or_training_twice(tmp_path, warm_python):
     study = _study_file(tmp_path, n_trials=4)
-    killed = _run(tmp_path, study, kill_at="submitted:2")  # the second kept trial of the first pool
+    killed = _run(warm_python, tmp_path, study, kill_at="submitted:2")  # the second kept trial of the first pool
     assert killed.returncode != 0
     before = _trials(tmp_path)
     screened_before = {t.number for t in before if trial_status(t) == "screened"}
     kept_before = {t.number for t in before if t.user_attrs.get("prescreen_kept") and trial_status(t) == "running"}
     assert len(screened_before) == 2 and kept_before, [(t.number, trial_status(t)) for t in before]
-    proc = _run(tmp_path, study)
+    proc = _run(warm_python, tmp_path, study)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _trials(tmp_path)
     statuses = Counter(trial_status(t) for t in trials)

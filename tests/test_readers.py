@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import yaml
 
 from search.record import trial_status
 from search.storage import load_existing_study
+from warm import CLI, SEARCH_MAIN
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +51,7 @@ def _study_created(db: Path, name: str) -> bool:
         return False
 
 
-def test_readers_never_see_a_locked_database(tmp_path):
+def test_readers_never_see_a_locked_database(tmp_path, warm_python):
     study = {
         "study": "readers", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "digits", "val_size": 200},
@@ -66,26 +65,26 @@ def test_readers_never_see_a_locked_database(tmp_path):
     (tmp_path / "hammer.py").write_text(HAMMER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     url = f"sqlite:///{tmp_path / 'run' / 'study.db'}"
-    run = lambda *a: subprocess.Popen([sys.executable, *a], cwd=tmp_path, env=env, text=True,  # noqa: E731
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    driver = run(str(tmp_path / "driver.py"), str(path))
+    # Each in a process of its own, forked warm (tests/warm.py): the readers start at once.
+    run = lambda code, *a: warm_python.start(code, list(a), env, tmp_path)  # noqa: E731
+    driver = run(DRIVER, tmp_path / "driver.py", path)
     # Readers start once the driver has created the study: before that, status and export rightly
     # answer "holds no study", and an Optuna storage opened on a schema still being written races
     # the driver for the alembic version row (Optuna's own set-up, not a read).
     db = tmp_path / "run" / "study.db"
     while not _study_created(db, "readers") and driver.poll() is None:
         time.sleep(0.1)
-    hammer = run(str(tmp_path / "hammer.py"), url, "25")
+    hammer = run(HAMMER, tmp_path / "hammer.py", url, "25")
     readers = []
     while driver.poll() is None and len(readers) < 6:
-        readers.append(run("-m", "search", "status", str(path), "--json"))
-        readers.append(run("-m", "search", "export", str(path), "--out", str(tmp_path / f"export{len(readers)}")))
+        readers.append(run(CLI, SEARCH_MAIN, "status", path, "--json"))
+        readers.append(run(CLI, SEARCH_MAIN, "export", path, "--out", tmp_path / f"export{len(readers)}"))
         for r in readers[-2:]:
             r.wait(timeout=300)
     outputs = []
     for r in [driver, hammer, *readers]:
-        out, err = r.communicate(timeout=600)
-        outputs.append((r.returncode, out, err))
+        done = r.wait(timeout=600)
+        outputs.append((done.returncode, done.stdout, done.stderr))
     for code, out, err in outputs:
         assert code == 0, err[-2000:]
         assert "locked" not in err.lower()
