@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,7 +66,7 @@ def _seed_trials(study) -> dict[str, list]:
     return out
 
 
-def test_seeds_are_trained_first_once_and_reported_against_the_front(tmp_path, ray_local, digits):
+def test_seeds_are_trained_first_once_and_reported_against_the_front(tmp_path, ray_local, digits, warm_python):
     cfg = _cfg(tmp_path, budget={"n_trials": 8})
     Sweep(cfg, trial_fn=testing.cheap_trial, data=digits, log=lambda _: None).run()
     study = load_existing_study(cfg.storage_url, cfg.study)
@@ -94,8 +92,8 @@ def test_seeds_are_trained_first_once_and_reported_against_the_front(tmp_path, r
             assert e["trained_in"] in [m.number for m in front]
     hv = s["hypervolume"]
     assert hv["front"] >= hv["seeds"] > 0  # the front holds the seeds' trials too
-    out = subprocess.run([sys.executable, "-m", "search", "status", "--storage", cfg.storage_url, "--study", cfg.study],
-                         capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = warm_python.search("status", "--storage", cfg.storage_url, "--study", cfg.study, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})  # forked warm: tests/warm.py
     assert out.returncode == 0, out.stderr
     assert "seeds (2):" in out.stdout and "seeds alone" in out.stdout
 
