@@ -178,24 +178,27 @@ def start_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, c
     return ray
 
 
+def _fitting(total: dict, cpus: float, gpus: float, no_cpu_key: float) -> int:
+    """Trials of ``cpus``/``gpus`` each that the resources ``total`` hold at once."""
+    slots = int(total.get("CPU", no_cpu_key) // cpus)
+    if gpus:
+        slots = min(slots, int(total.get("GPU", 0) // gpus))
+    return slots
+
+
 def live_slots(ray, cpus: float, gpus: float, max_concurrent: int | None) -> int:
     """Concurrent trials the cluster's live nodes hold now (0 when not one fits), capped by
     ``max_concurrent``: what is left after a node was lost."""
-    total = ray.cluster_resources()
-    slots = int(total.get("CPU", 0) // cpus)
-    if gpus:
-        slots = min(slots, int(total.get("GPU", 0) // gpus))
+    slots = _fitting(ray.cluster_resources(), cpus, gpus, no_cpu_key=0)
     return min(slots, max_concurrent or slots)
 
 
 def trial_slots(ray, cpus: float, gpus: float, max_concurrent: int | None, where: str) -> int:
     """Concurrent trials the instance holds at ``cpus``/``gpus`` each, capped by ``max_concurrent``."""
     total = ray.cluster_resources()
-    slots = int(total.get("CPU", 1) // cpus)
-    if gpus:
-        slots = min(slots, int(total.get("GPU", 0) // gpus))
-        if slots == 0:
-            raise ResourcesError(
-                f"{where}: resources.gpus_per_trial is {gpus} but the Ray "
-                f"instance has {total.get('GPU', 0)} GPUs; lower it or set it to 0")
+    slots = _fitting(total, cpus, gpus, no_cpu_key=1)
+    if gpus and slots == 0:
+        raise ResourcesError(
+            f"{where}: resources.gpus_per_trial is {gpus} but the Ray "
+            f"instance has {total.get('GPU', 0)} GPUs; lower it or set it to 0")
     return max(1, min(slots, max_concurrent or slots))

@@ -140,7 +140,7 @@ class SimulatedBackend:
         from space.registry import get_family
 
         entry = self.table.nearest(proposal.family, proposal.knobs_dict)
-        if entry is None or entry is self.table.lookup(proposal.family, proposal.knobs_dict):
+        if entry is None or entry.knobs == proposal.knobs_dict:  # recorded as proposed
             return proposal
         return dataclasses.replace(proposal, knobs=get_family(proposal.family).knobs_from_dict(entry.knobs),
                                    knobs_dict=entry.knobs, key=arch_key(proposal.family, entry.knobs, fidelity))
