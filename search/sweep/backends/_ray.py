@@ -1,5 +1,6 @@
 """What every Ray-based backend shares: joining or starting the Ray instance the study file names,
-probing a cluster before joining it, counting trial slots, placing small actors on the driver's node,
+probing a cluster before joining it, counting trial slots (at start, and on the live nodes left after
+a node loss, with the error once none is left), placing small actors on the driver's node,
 pricing on a pricer actor with its inline fallback, preparing a worker process, and the message for
 workers that cannot load effnas."""
 from __future__ import annotations
@@ -10,8 +11,8 @@ from typing import Any
 
 from search.exceptions import ResourcesError, WorkerStartError
 
-__all__ = ["check_reachable", "start_ray", "trial_slots", "on_driver_node", "Pricing", "prepare_worker",
-           "worker_start_error", "WORKER_ENV_HINT"]
+__all__ = ["check_reachable", "start_ray", "trial_slots", "live_slots", "no_room_error", "on_driver_node", "Pricing",
+           "prepare_worker", "worker_start_error", "WORKER_ENV_HINT"]
 
 # What a worker that cannot even load effnas is told to fix.
 WORKER_ENV_HINT = "effnas must be installed in the Python environment of every Ray node"
@@ -191,6 +192,16 @@ def live_slots(ray, cpus: float, gpus: float, max_concurrent: int | None) -> int
     ``max_concurrent``: what is left after a node was lost."""
     slots = _fitting(ray.cluster_resources(), cpus, gpus, no_cpu_key=0)
     return min(slots, max_concurrent or slots)
+
+
+def no_room_error(ray, where: str, cpus: float, gpus: float) -> ResourcesError:
+    """What a sweep ends with once the cluster lost the node(s) its trials ran on and no live node
+    holds a trial of ``cpus``/``gpus``: a trial left to start would wait for ever."""
+    left = ray.cluster_resources().get("CPU", 0)
+    return ResourcesError(
+        f"{where}: the Ray cluster lost the node(s) the trials ran on and its live nodes ({left:g} CPU) have "
+        f"no room for a trial ({cpus:g} CPU, {gpus:g} GPU each); add a node and `run` again to go on where it "
+        f"stopped")
 
 
 def trial_slots(ray, cpus: float, gpus: float, max_concurrent: int | None, where: str) -> int:

@@ -17,9 +17,8 @@ from typing import Any, Callable
 
 from search.artifacts import start_driver_store
 from search.sweep.backends import EpochReport, Event, Finished, TrialSpec
-from search.exceptions import ResourcesError
-from search.sweep.backends._ray import (Pricing, live_slots, on_driver_node, prepare_worker, start_ray, trial_slots,
-                                        worker_start_error)
+from search.sweep.backends._ray import (Pricing, live_slots, no_room_error, on_driver_node, prepare_worker, start_ray,
+                                        trial_slots, worker_start_error)
 from search.sweep.outcome import TrialOutcome
 from search.sweep.trial import TrialFn, run_trial
 
@@ -207,11 +206,7 @@ class ActorsBackend:
         if not self.idle and not self.busy:
             import ray
 
-            cpus = ray.cluster_resources().get("CPU", 0)
-            raise ResourcesError(
-                f"{self.where}: the Ray cluster lost the node(s) the trials ran on and its live nodes ({cpus:g} "
-                f"CPU) have no room for a trial ({self.cpus:g} CPU, {self.gpus:g} GPU each); add a node and `run` "
-                f"again to go on where it stopped")
+            raise no_room_error(ray, self.where, self.cpus, self.gpus)
 
     def clock(self) -> float:
         return time.monotonic() - self.started_at

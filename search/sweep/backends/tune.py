@@ -16,7 +16,8 @@ two sides meet in thread-safe queues:
   STOP or CONTINUE on each epoch's result. A function trainable blocks inside ``report`` until the
   controller has decided and asks for the next result, so a stopped trial never trains another epoch:
   its training thread stays parked in that ``report`` until Tune ends it (when the actor is reused
-  or stopped).
+  or stopped). Tune's controller runs in the driver's process, so the rule lives on the driver's
+  node as the actors backend's rung actor does (no node loss can take it along).
 - :class:`_Events` is a Tune ``Callback`` on the driver: per-epoch results become ``EpochReport``
   events, a completed trial a ``Finished`` event (the trial function's own result when it returned;
   for a trial the scheduler stopped, the result a stopped trial function would have returned, built
@@ -24,6 +25,12 @@ two sides meet in thread-safe queues:
   retries (``FailureConfig(max_failures=0)``): the policy decides retries.
 - Pricing runs on the pricer actor every Ray backend shares (``_ray.Pricing``), on the driver's node; its answers land on the
   same event queue (an object ref's future callback), so ``next_events`` waits on one queue only.
+- A node lost for good: its trials come back as ``worker_died`` (the policy retries them), and while
+  the live nodes hold fewer trials than at start the slots follow what they hold
+  (``_ray.live_slots``, checked on each dead worker and while the driver waits), so the driver never
+  hands Tune more trials than can run and the sweep finishes on the nodes left. Once the live nodes
+  hold no trial at all, ``next_events`` raises ``ResourcesError`` (add a node, ``run`` again): Tune
+  itself would keep a trial PENDING for ever, only warning of insufficient resources.
 
 What Tune gives through it: its per-trial loggers (TensorBoard event files, ``progress.csv``,
 ``result.json`` of every epoch in ``<storage_path>/<name>/trial_<token>/``), placement of trials
@@ -52,7 +59,8 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from search.sweep.backends import EpochReport, Event, Finished, TrialSpec
-from search.sweep.backends._ray import Pricing, prepare_worker, start_ray, trial_slots, worker_start_error
+from search.sweep.backends._ray import (Pricing, live_slots, no_room_error, prepare_worker, start_ray, trial_slots,
+                                        worker_start_error)
 from search.record import TrialStatus
 from search.sweep.outcome import TrialOutcome
 from search.sweep.trial import TrialFn, run_trial
@@ -350,7 +358,9 @@ class TuneBackend:
         self.experiment: str | None = None    # the Tune experiment's name, once started
         self.events: queue.Queue = queue.Queue()
         self.running: set[int] = set()        # submitted, no Finished event handed out yet
-        self.slots = 0
+        self.slots = 0                        # trials the driver may have in flight now (free_slots)
+        self.most_slots = 0                   # the slots at start: Tune's max_concurrent_trials
+        self.room_at_start = 0                # what the live nodes held at start (live_slots)
         self.started_at = time.monotonic()
         self.searcher = None
         self.stopper = None
@@ -362,7 +372,8 @@ class TuneBackend:
     # -- set-up ---------------------------------------------------------------------------------
     def start(self, data, rung_rule) -> int:
         ray = start_ray(self.ray_address, self.num_cpus, self.num_gpus, self.connect_timeout_s, self.where)
-        self.slots = trial_slots(ray, self.cpus, self.gpus, self.max_concurrent, self.where)
+        self.slots = self.most_slots = trial_slots(ray, self.cpus, self.gpus, self.max_concurrent, self.where)
+        self.room_at_start = live_slots(ray, self.cpus, self.gpus, self.max_concurrent)
         self.pricing.start(ray)
         tuner = self._tuner(data, rung_rule)
         self._fit = threading.Thread(target=self._run_fit, args=(tuner, _set_env(self._tune_env())),
@@ -428,7 +439,8 @@ class TuneBackend:
 
     # -- the verbs ------------------------------------------------------------------------------
     def free_slots(self) -> int:
-        return self.slots - len(self.running)
+        # Below zero after a lost node took slots that trials in flight hold: none is free.
+        return max(0, self.slots - len(self.running))
 
     def price(self, token: int, family: str, knobs: dict) -> None:
         ref = self.pricing.remote(family, knobs)
@@ -450,6 +462,7 @@ class TuneBackend:
                 raw.append(self.events.get(timeout=max(0.0, wait)))
             except queue.Empty:
                 self._check_fit()
+                self._check_room()
                 if deadline is not None and time.monotonic() >= deadline:
                     return []
         while True:  # and whatever else is there already
@@ -466,6 +479,28 @@ class TuneBackend:
             raise RuntimeError(f"Ray Tune stopped with {len(self.running)} trial(s) in flight"
                                + (f": {type(cause).__name__}: {cause}" if cause else "")) from cause
 
+    def _check_room(self) -> None:
+        """Raises once the live nodes hold no trial at all. Tune would keep a trial waiting for a
+        place for ever (it only warns of insufficient resources), and the driver submits nothing
+        while no slot is free. Polled while idle: Ray marks a lost node dead a moment after the
+        trials on it failed, and a node may go while no trial of this sweep runs there."""
+        self._follow_nodes()
+        if self.slots == 0:
+            import ray
+
+            raise no_room_error(ray, self.where, self.cpus, self.gpus)
+
+    def _follow_nodes(self) -> None:
+        """The slots follow what the live nodes hold once it is less than at start: a node lost for
+        good takes its slots along, so the driver never hands Tune more trials than can run (retries
+        of the trials the node ran included), and one that joins again gives them back, up to the
+        start's (Tune's ``max_concurrent_trials``). Compared with the start, not zero: a cluster
+        that started with no room (an autoscaler's, growing on demand) is not a lost node."""
+        import ray
+
+        room = live_slots(ray, self.cpus, self.gpus, self.max_concurrent)
+        self.slots = self.most_slots if room >= self.room_at_start else min(self.most_slots, room)
+
     def _settle(self, event) -> Event:
         """An event from the queue as the driver gets it (on the driver's thread)."""
         if isinstance(event, _StartFailed):
@@ -476,6 +511,8 @@ class TuneBackend:
             self.running.discard(event.token)
             if event.outcome.node:
                 self.nodes.add(event.outcome.node)
+            if event.outcome.failure_kind == "worker_died":  # its node may be gone: before the retry
+                self._follow_nodes()
         return event
 
     def clock(self) -> float:
