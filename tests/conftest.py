@@ -17,6 +17,27 @@ CIFAR10_DIR = SHARED / "data" / "cifar10"
 torch.set_num_threads(1)
 
 
+# The suite runs on two xdist workers, a whole module per worker at a time (pyproject.toml's addopts:
+# `-n 2 --dist loadfile --no-loadscope-reorder`, since modules share a Ray instance, a PostgreSQL
+# server or a warm interpreter). Modules are handed out in this order, longest first (seconds of a
+# whole run on this 2-core machine), so that neither worker is left finishing a long module alone;
+# modules not listed (each a few seconds) follow in their usual order.
+LONGEST_MODULES_FIRST = (
+    "test_contract_actors.py", "test_contract_tune.py", "test_cluster_isolated.py", "test_postgres.py",
+    "test_faults.py", "test_signals.py", "test_run_output.py", "test_sweep.py", "test_export.py",
+    "test_seeds.py", "test_tracking.py", "test_families.py", "test_readers.py", "test_progress.py",
+    "test_prescreen.py", "test_cluster.py", "test_artifacts.py", "test_shared_kills.py", "test_trainer.py",
+    "test_tune_backend.py", "test_bench.py", "test_nas_bench_macro.py", "test_asha.py",
+    "test_answer_cache.py", "test_node_loss.py", "test_contract_simulated.py", "test_snapshot_reads.py",
+    "test_onnx.py", "test_dashboard.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a module keeps its order
+
+
 def require_shared_cifar10() -> Path:
     """Path of the real CIFAR-10 arrays, or skip (mandatory in CI: EFFNAS_REQUIRE_SHARED=1)."""
     if (CIFAR10_DIR / "train.npz").exists():
